@@ -1,0 +1,625 @@
+"""PreCropping: turn per-layer densities into a narrower, dense, freshly initialized model.
+
+The density-to-channels rule
+----------------------------
+Channels come in *groups*: a group is one width that several layers must
+share. A ``Conv``/``Dense`` layer starts a group with its output channels;
+layers that keep the channel count (BatchNorm, activations, pooling, dropout,
+padding, ...) pass it on; a depthwise convolution passes its input's group on
+(times its ``depth_multiplier``); an ``Add`` (and ``Subtract``, ``Multiply``,
+``Average``, ``Maximum``, ``Minimum``) *joins* the groups of its inputs into
+one (union-find), so residual branches keep equal widths; ``Concatenate``
+lays groups side by side; ``Flatten`` repeats them once per spatial position.
+The model's input groups and every group that reaches a model output are
+fixed (width multiplier 1).
+
+Give each free group ``g`` a width multiplier ``a_g <= 1``. The kernel of a
+``Conv``/``Dense`` layer ``l`` then holds about ``a_out(l) * a_in(l)`` of its
+weights (``a_in`` is the channel-weighted mean over the groups feeding it), a
+depthwise kernel ``a_in(l)``. ``crop`` picks the multipliers so that every
+layer's parameter count follows its density ``d_l`` as closely as possible,
+weighting each layer by its size ``n_l``::
+
+    minimize  sum_l  n_l * (log a_out(l) + log a_in(l) - log d_l) ** 2
+    subject to  a_g = 1 for fixed groups,  a_g <= 1
+
+(a linear least-squares problem in ``log a``). In a plain chain whose layers
+all have density ``d`` this is the familiar rule *output channels x
+sqrt(d), input channels following the producer*, so each layer keeps ``d`` of
+its weights. Then one common factor rescales all free multipliers so the
+total kernel parameter count hits ``sum_l d_l n_l`` (what an unstructured mask
+at the same densities keeps), and widths are rounded (at least
+``min_channels``).
+
+The cropped model is rebuilt layer by layer from each layer's ``get_config``
+with new ``filters``/``units`` (``keras.models.clone_model``), so its weights
+are freshly initialized; nothing is copied from the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import keras
+import numpy as np
+from keras import layers
+
+from tfjpq.precrop.saliency import SCORED_LAYERS
+
+# --------------------------------------------------------------------------- layer kinds
+
+
+def _classes(*names):
+    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))
+
+
+_CONV = _classes("Conv1D", "Conv2D", "Conv3D")
+_DENSE = _classes("Dense")
+_DEPTHWISE = _classes("DepthwiseConv1D", "DepthwiseConv2D")
+_MERGE = _classes("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+_CONCAT = _classes("Concatenate")
+_FLATTEN = _classes("Flatten")
+_RESHAPE = _classes("Reshape")
+_SAME_CHANNELS = _classes(
+    "BatchNormalization", "LayerNormalization",
+    "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "Identity",
+)
+SUPPORTED = tuple(c.__name__ for c in _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _SAME_CHANNELS) + (
+    "Reshape (flattening only)",
+)
+
+
+class UnsupportedLayerError(ValueError):
+    """``crop`` met a layer (or model) it cannot narrow; the message names it and its class."""
+
+
+def _unsupported(layer, why):
+    return UnsupportedLayerError(
+        f"precrop.crop cannot handle layer {layer.name!r} ({type(layer).__name__}): {why}"
+    )
+
+
+# --------------------------------------------------------------------------- channel bookkeeping
+
+
+class _Chan:
+    """The channel axis of one tensor: segments ``(group id, factor)``; width = sum(factor * width(group))."""
+
+    __slots__ = ("segs",)
+
+    def __init__(self, segs):
+        self.segs = tuple(segs)
+
+    def scaled(self, k):
+        return _Chan((g, f * k) for g, f in self.segs)
+
+
+@dataclasses.dataclass
+class _LayerInfo:
+    layer: object
+    kind: str  # "source" | "depthwise" | "other"
+    in_segs: tuple = ()
+    out_group: int | None = None
+    kernel_elems: int = 1  # spatial size of the kernel
+    multiplier: int = 1  # depthwise depth_multiplier
+    bias: bool = False
+    in_channels: int = 0
+    other_params: list = dataclasses.field(default_factory=list)  # [(size, scales_with_channels)]
+
+
+class _Graph:
+    """Union-find over channel groups, filled by walking the model with ``clone_model(call_function=...)``."""
+
+    def __init__(self):
+        self.parent = []
+        self.width = []
+        self.fixed_roots = set()
+        self.members = {}  # group -> source layer names
+        self.source_group = {}  # layer name -> group
+        self.info = {}  # layer name -> _LayerInfo (first call)
+        self.desc = {}  # id(KerasTensor) -> _Chan
+        self.keep_alive = []  # tensors whose ids are keys of desc
+
+    # union-find
+    def new_group(self, width, fixed=False):
+        self.parent.append(len(self.parent))
+        self.width.append(int(width))
+        g = len(self.parent) - 1
+        if fixed:
+            self.fixed_roots.add(g)
+        return g
+
+    def find(self, g):
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.width[ra] != self.width[rb]:  # cannot happen on a valid Keras graph
+            raise ValueError(f"internal: joining channel groups of widths {self.width[ra]} and {self.width[rb]}")
+        self.parent[rb] = ra
+        if rb in self.fixed_roots:
+            self.fixed_roots.discard(rb)
+            self.fixed_roots.add(ra)
+        return ra
+
+    def is_fixed(self, g):
+        return self.find(g) in self.fixed_roots
+
+    def channels(self, segs, widths=None):
+        w = widths if widths is not None else {}
+        return sum(f * w.get(self.find(g), self.width[self.find(g)]) for g, f in segs)
+
+    def join(self, layer, chans):
+        """Make the given channel descriptors one width (segment by segment)."""
+        first = chans[0]
+        for c in chans[1:]:
+            if len(c.segs) != len(first.segs) or any(f1 != f2 for (_, f1), (_, f2) in zip(c.segs, first.segs)):
+                raise _unsupported(
+                    layer,
+                    "its inputs are built from different channel groupings (for example an Add of a "
+                    "Concatenate and a single convolution), so their widths cannot be kept equal",
+                )
+            for (g1, _), (g2, _) in zip(first.segs, c.segs):
+                self.union(g1, g2)
+        return first
+
+    # walking
+    def chan_of(self, tensor):
+        c = self.desc.get(id(tensor))
+        if c is None:  # a model input: a fixed group
+            width = tensor.shape[-1]
+            if width is None:
+                raise ValueError(f"precrop.crop needs a known channel count on input {tensor.name!r}")
+            c = _Chan([(self.new_group(width, fixed=True), 1)])
+            self._remember(tensor, c)
+        return c
+
+    def _remember(self, tensor, chan):
+        self.desc[id(tensor)] = chan
+        self.keep_alive.append(tensor)
+
+    def call(self, layer, *args, **kwargs):
+        inputs = [t for t in keras.tree.flatten((args, kwargs.get("inputs"))) if isinstance(t, keras.KerasTensor)]
+        chans = [self.chan_of(t) for t in inputs]
+        outputs = layer(*args, **kwargs)  # first, so the layer is built when its weights are counted
+        out_chan = self._propagate(layer, inputs, chans)
+        flat = keras.tree.flatten(outputs)
+        if len(flat) != 1:
+            raise _unsupported(layer, f"it has {len(flat)} outputs; only single-output layers are supported")
+        self._remember(flat[0], out_chan)
+        return outputs
+
+    def _propagate(self, layer, inputs, chans):
+        name = layer.name
+        if isinstance(layer, keras.Model):
+            raise _unsupported(layer, "nested models are not supported; build the model flat (one functional graph)")
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            raise _unsupported(layer, "only channels_last layers are supported")
+        seen = self.info.get(name)
+        if isinstance(layer, _CONV + _DENSE):
+            if getattr(layer, "groups", 1) != 1:
+                raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
+            (chan,) = chans
+            if seen is not None:  # a shared layer: its inputs must keep one width
+                self.join(layer, [_Chan(seen.in_segs), chan])
+                return _Chan([(seen.out_group, 1)])
+            width = layer.filters if isinstance(layer, _CONV) else layer.units
+            g = self.new_group(width)
+            self.members[g] = [name]
+            self.source_group[name] = g
+            self.info[name] = _LayerInfo(
+                layer, "source", chan.segs, g,
+                kernel_elems=int(np.prod(layer.kernel_size)) if isinstance(layer, _CONV) else 1,
+                bias=bool(layer.use_bias), in_channels=int(inputs[0].shape[-1]),
+            )
+            return _Chan([(g, 1)])
+        if isinstance(layer, _DEPTHWISE):
+            (chan,) = chans
+            if seen is not None:
+                self.join(layer, [_Chan(seen.in_segs), chan])
+            else:
+                self.info[name] = _LayerInfo(
+                    layer, "depthwise", chan.segs, kernel_elems=int(np.prod(layer.kernel_size)),
+                    multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias),
+                    in_channels=int(inputs[0].shape[-1]),
+                )
+            return chan.scaled(int(layer.depth_multiplier))
+        self._note_other(layer, inputs, chans)
+        if isinstance(layer, _MERGE):
+            # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
+            wide = [c for c, t in zip(chans, inputs) if t.shape[-1] != 1]
+            for c, t in zip(chans, inputs):
+                if t.shape[-1] == 1 and wide:
+                    for g, _ in c.segs:
+                        self.fixed_roots.add(self.find(g))
+            return self.join(layer, wide or chans)
+        if isinstance(layer, _CONCAT):
+            rank = len(inputs[0].shape)
+            if layer.axis in (-1, rank - 1):
+                return _Chan([s for c in chans for s in c.segs])
+            return self.join(layer, chans)  # concatenated along space: channels must agree
+        if isinstance(layer, _FLATTEN + _RESHAPE):
+            (chan,) = chans
+            shape = inputs[0].shape
+            spatial = shape[1:-1]
+            if any(d is None for d in spatial):
+                raise _unsupported(layer, f"its input shape {tuple(shape)} has unknown spatial dimensions")
+            if isinstance(layer, _RESHAPE):
+                target = tuple(layer.target_shape)
+                if len(target) != 1 or target[0] not in (-1, int(np.prod(shape[1:]))):
+                    raise _unsupported(layer, f"Reshape to {target} mixes the channel axis; only flattening is supported")
+            return chan.scaled(int(np.prod(spatial)) if spatial else 1)
+        if isinstance(layer, _SAME_CHANNELS):
+            if len(chans) != 1:
+                raise _unsupported(layer, f"expected one input, got {len(chans)}")
+            return chans[0]
+        raise _unsupported(
+            layer,
+            "crop does not know how this layer changes the channel count. Supported: " + ", ".join(SUPPORTED),
+        )
+
+    def _note_other(self, layer, inputs, chans):
+        if layer.name in self.info or not layer.weights:
+            return
+        if len(inputs) != 1:
+            raise _unsupported(layer, "a layer with weights and several inputs is not supported")
+        ch = int(inputs[0].shape[-1])
+        params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
+        self.info[layer.name] = _LayerInfo(layer, "other", chans[0].segs, in_channels=ch, other_params=params)
+
+
+def _functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise ValueError(
+                f"Sequential model {model.name!r} has no defined input; start it with keras.Input(shape) or build it"
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(
+            f"precrop.crop needs a functional or Sequential Keras model; model {model.name!r} "
+            f"({type(model).__name__}) is subclassed, so its graph cannot be rebuilt"
+        )
+    return model
+
+
+def _analyse(model):
+    g = _Graph()
+    probe = keras.models.clone_model(model, call_function=g.call)
+    for t in keras.tree.flatten(probe.outputs):
+        for grp, _ in g.desc[id(t)].segs:
+            g.fixed_roots.add(g.find(grp))
+    return g
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass
+class CropPlan:
+    """What :func:`crop` will build.
+
+    Attributes:
+        widths: ``{layer name: (original, new)}`` output channels of every
+            Conv / Dense / DepthwiseConv layer.
+        groups: lists of Conv/Dense layers whose outputs are joined (by an Add
+            or similar) and therefore share one width.
+        fixed: layers whose width is fixed (they feed a model output, or are
+            joined with the input).
+        kernel_params: ``(original, new)`` kernel weights of the scored layers.
+        params: ``(original, new)`` trainable + non-trainable parameter counts.
+        multipliers: ``{layer name: new / original}`` output width ratio.
+    """
+
+    widths: dict
+    groups: list
+    fixed: list
+    kernel_params: tuple
+    params: tuple
+
+    @property
+    def multipliers(self):
+        return {n: new / old for n, (old, new) in self.widths.items()}
+
+
+def _counts(g, widths):
+    """(kernel params, all params) at the given root widths."""
+    kernels = total = 0
+    for info in g.info.values():
+        cin = g.channels(info.in_segs, widths)
+        if info.kind == "source":
+            cout = widths.get(g.find(info.out_group), g.width[g.find(info.out_group)])
+            k = info.kernel_elems * cin * cout
+            kernels += k
+            total += k + (cout if info.bias else 0)
+        elif info.kind == "depthwise":
+            k = info.kernel_elems * cin * info.multiplier
+            kernels += k
+            total += k + (cin * info.multiplier if info.bias else 0)
+    return kernels, total
+
+
+def _other_params(g, widths):
+    """Parameters of BatchNorm-like layers: those with a channel axis scale with it."""
+    total = 0.0
+    for info in g.info.values():
+        if info.kind == "other":
+            ratio = g.channels(info.in_segs, widths) / info.in_channels
+            total += sum(size * ratio if scales else size for size, scales in info.other_params)
+    return int(round(total))
+
+
+def _total(g, widths):
+    return _counts(g, widths)[1] + _other_params(g, widths)
+
+
+def _widths_from_multipliers(g, roots, a, min_channels):
+    out = {}
+    for r, m in zip(roots, a):
+        w = g.width[r]
+        out[r] = int(min(w, max(min(min_channels, w), round(m * w))))
+    return out
+
+
+def _solve_log_multipliers(g, roots, dens):
+    """Weighted least squares in log space (see the module docstring)."""
+    index = {r: i for i, r in enumerate(roots)}
+    rows, rhs, weights = [], [], []
+    for name, info in g.info.items():
+        if info.kind not in ("source", "depthwise"):
+            continue
+        d = min(max(float(dens.get(name, 1.0)), 1e-3), 1.0)
+        n = _layer_kernel(g, info)
+        row = np.zeros(len(roots))
+        if info.kind == "source":
+            r = g.find(info.out_group)
+            if r in index:
+                row[index[r]] += 1.0
+        cin = g.channels(info.in_segs)
+        for grp, f in info.in_segs:
+            r = g.find(grp)
+            if r in index:
+                row[index[r]] += f * g.width[r] / cin
+        rows.append(row)
+        rhs.append(math.log(d))
+        weights.append(math.sqrt(n))
+    if not roots:
+        return np.zeros(0)
+    a = np.asarray(rows) * np.asarray(weights)[:, None]
+    b = np.asarray(rhs) * np.asarray(weights)
+    ridge = 1e-3 * float(np.mean(weights))
+    a = np.vstack([a, ridge * np.eye(len(roots))])
+    b = np.concatenate([b, np.zeros(len(roots))])
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return np.minimum(x, 0.0)
+
+
+def _layer_kernel(g, info):
+    cin = g.channels(info.in_segs)
+    if info.kind == "source":
+        return info.kernel_elems * cin * g.width[g.find(info.out_group)]
+    return info.kernel_elems * cin * info.multiplier
+
+
+def _match(g, roots, a0, target, count, min_channels):
+    """Scale all free multipliers by one factor s so that count(widths) is closest to target."""
+    if not roots:
+        return {}
+
+    def widths_at(log_s):
+        return _widths_from_multipliers(g, roots, np.minimum(np.exp(a0 + log_s), 1.0), min_channels)
+
+    lo, hi = -12.0, float(-np.min(a0)) + 1e-9  # at hi every multiplier is 1
+    if count(widths_at(hi)) <= target:
+        return widths_at(hi)
+    if count(widths_at(lo)) >= target:
+        warnings.warn(
+            f"precrop.crop: even at {min_channels} channel(s) per group the model keeps "
+            f"{count(widths_at(lo))} parameters, above the target {int(target)}",
+            stacklevel=3,
+        )
+        return widths_at(lo)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if count(widths_at(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    below, above = widths_at(lo), widths_at(hi)
+    return below if abs(count(below) - target) < abs(count(above) - target) else above
+
+
+def _check_names(g, given, what):
+    unknown = [n for n in given if n not in g.info or g.info[n].kind == "other"]
+    if unknown:
+        names = [n for n, i in g.info.items() if i.kind != "other"]
+        raise ValueError(f"{what} name layers that are not Conv/Dense/DepthwiseConv layers of the model: "
+                         f"{unknown}; the model's are {names}")
+
+
+def crop_plan(model, densities=None, *, width_multipliers=None, match: str | None = "kernels",
+              min_channels: int = 1) -> CropPlan:
+    """Work out the narrower widths :func:`crop` builds, without building anything.
+
+    Arguments as for :func:`crop`. Returns a :class:`CropPlan`.
+
+    Example::
+
+        plan = precrop.crop_plan(model, precrop.densities(model, "synflow", 0.2))
+        plan.widths["block2_conv1"]    # (32, 14)
+        plan.groups                    # [['block1_conv2', 'stem'], ...]: joined by Adds
+    """
+    model = _functional(model)
+    if (densities is None) == (width_multipliers is None):
+        raise ValueError("give exactly one of densities (per-layer kept fractions, or one number) "
+                         "and width_multipliers (per-layer output width ratios, or one number)")
+    if match not in ("kernels", "total", None):
+        raise ValueError(f"match must be 'kernels', 'total' or None; got {match!r}")
+    if isinstance(min_channels, bool) or not isinstance(min_channels, (int, np.integer)) or min_channels < 1:
+        raise ValueError(f"min_channels must be a positive integer; got {min_channels!r}")
+    g = _analyse(model)
+    roots = sorted({g.find(s) for s in g.source_group.values()} - g.fixed_roots)
+    scored = [n for n, i in g.info.items() if i.kind in ("source", "depthwise")]
+
+    if width_multipliers is not None:
+        if isinstance(width_multipliers, (int, float, np.floating)) and not isinstance(width_multipliers, bool):
+            mults = {n: float(width_multipliers) for n in g.source_group if not g.is_fixed(g.source_group[n])}
+        elif isinstance(width_multipliers, dict):
+            mults = dict(width_multipliers)
+        else:
+            raise TypeError(f"width_multipliers must be a number or a dict; got {type(width_multipliers).__name__}")
+        _check_names(g, mults, "width_multipliers")
+        per_root = {}
+        for name, m in mults.items():
+            if not isinstance(m, (int, float, np.floating)) or not 0 < m <= 1:
+                raise ValueError(f"width multiplier of {name!r} must be in (0, 1]; got {m!r}")
+            if g.info[name].kind == "depthwise":
+                if m != 1:
+                    raise ValueError(f"layer {name!r} is a depthwise convolution: its channels follow its input, "
+                                     "so it takes no width multiplier of its own (set the producer's)")
+                continue
+            r = g.find(g.source_group[name])
+            if r in g.fixed_roots:
+                if m != 1:
+                    raise ValueError(f"layer {name!r} feeds a model output (or is joined with the input), so its "
+                                     f"width is fixed; it cannot take width multiplier {m}")
+                continue
+            prev = per_root.get(r)
+            if prev is not None and prev[1] != m:
+                raise ValueError(
+                    f"layers {prev[0]!r} and {name!r} are joined (e.g. by an Add) and must keep equal widths, "
+                    f"but got width multipliers {prev[1]} and {m}; give them the same value"
+                )
+            per_root[r] = (name, float(m))
+        a = np.asarray([per_root.get(r, (None, 1.0))[1] for r in roots])
+        widths = _widths_from_multipliers(g, roots, a, min_channels)
+    else:
+        if isinstance(densities, (int, float, np.floating)) and not isinstance(densities, bool):
+            dens = {n: float(densities) for n in scored}
+        elif isinstance(densities, dict):
+            dens = dict(densities)
+        else:
+            raise TypeError(f"densities must be a number or a dict; got {type(densities).__name__}")
+        _check_names(g, dens, "densities")
+        for name, d in dens.items():
+            if not isinstance(d, (int, float, np.floating)) or isinstance(d, bool) or not 0 <= d <= 1:
+                raise ValueError(f"density of {name!r} must be in [0, 1]; got {d!r}")
+        log_a = _solve_log_multipliers(g, roots, dens)
+        sizes = {n: _layer_kernel(g, g.info[n]) for n in scored}
+        kept = sum(dens.get(n, 1.0) * sizes[n] for n in scored)
+        if match is None:
+            widths = _widths_from_multipliers(g, roots, np.exp(log_a), min_channels)
+        elif match == "kernels":
+            widths = _match(g, roots, log_a, kept, lambda w: _counts(g, w)[0], min_channels)
+        else:
+            target = _total(g, {}) * kept / sum(sizes.values())
+            widths = _match(g, roots, log_a, target, lambda w: _total(g, w), min_channels)
+
+    return _make_plan(g, widths)
+
+
+def _make_plan(g, widths):
+    out = {}
+    for name, info in g.info.items():
+        if info.kind == "source":
+            r = g.find(info.out_group)
+            out[name] = (g.width[r], widths.get(r, g.width[r]))
+        elif info.kind == "depthwise":
+            out[name] = (info.in_channels * info.multiplier, g.channels(info.in_segs, widths) * info.multiplier)
+    roots = {}
+    for name, s in g.source_group.items():
+        roots.setdefault(g.find(s), []).append(name)
+    groups = [sorted(v) for v in roots.values() if len(v) > 1]
+    fixed = sorted(n for n, s in g.source_group.items() if g.is_fixed(s))
+    return CropPlan(
+        widths=out, groups=groups, fixed=fixed,
+        kernel_params=(_counts(g, {})[0], _counts(g, widths)[0]),
+        params=(_total(g, {}), _total(g, widths)),
+    )
+
+
+# --------------------------------------------------------------------------- build
+
+
+def crop(model, densities=None, *, width_multipliers=None, match: str | None = "kernels",
+         min_channels: int = 1, seed: int | None = None) -> keras.Model:
+    """A new, narrower, freshly initialized model of the same structure (PreCropping).
+
+    Args:
+        model: a functional or Sequential Keras model (flat, channels_last).
+        densities: ``{layer name: kept fraction}`` as returned by
+            :func:`tfjpq.precrop.densities`, or one number for every layer.
+            Layers left out keep density 1.
+        width_multipliers: instead of densities, ``{layer name: new/old output
+            channels}`` for Conv/Dense layers (or one number for all free
+            layers). Layers joined by an Add must get the same value; depthwise
+            layers and layers feeding the output take none.
+        match: with densities, rescale so the total kernel parameter count
+            equals ``sum_l d_l n_l`` (``"kernels"``, default), so the whole
+            model's parameter count is the density-weighted share
+            (``"total"``), or apply the least-squares rule alone (``None``).
+        min_channels: the narrowest a layer may get.
+        seed: seeds the fresh initialization (``keras.utils.set_random_seed``).
+
+    Returns:
+        an uncompiled ``keras.Model`` with the same layer names and graph.
+
+    Raises:
+        UnsupportedLayerError: a layer the rule does not cover (named, with its class).
+
+    The density-to-channels rule is in this module's docstring and in
+    ``docs/precrop.md``: output channels follow ``sqrt(density)`` when
+    neighbouring layers agree, in general a size-weighted least-squares fit
+    of every layer's density in log space, with Adds, depthwise layers, the
+    input and the output layer as constraints.
+
+    Example::
+
+        from tfjpq import zoo, precrop
+        model = zoo.resnet8(input_shape=(28, 28, 1))
+        small = precrop.crop(model, precrop.densities(model, "synflow", 0.2))
+        small.count_params() / model.count_params()      # about 0.2
+        half = precrop.crop(model, width_multipliers={"block3_conv1": 0.5})
+    """
+    plan = crop_plan(model, densities, width_multipliers=width_multipliers, match=match, min_channels=min_channels)
+    return build(model, plan, seed=seed)
+
+
+def build(model, plan: CropPlan, seed: int | None = None) -> keras.Model:
+    """Rebuild ``model`` with the output widths of ``plan`` (fresh weights)."""
+    model = _functional(model)
+    new = {n: w for n, (_, w) in plan.widths.items()}
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, _CONV) and layer.name in new:
+            config["filters"] = new[layer.name]
+        elif isinstance(layer, _DENSE) and layer.name in new:
+            config["units"] = new[layer.name]
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+__all__ = ["crop", "crop_plan", "build", "CropPlan", "UnsupportedLayerError", "SCORED_LAYERS"]
