@@ -13,6 +13,10 @@ Quick start::
 import importlib
 
 from tfjpq import datasets, quantizers, zoo  # noqa: F401
+from tfjpq.errors import NotASearchModelError, UnsupportedModelError  # noqa: F401
+from tfjpq.export import export  # noqa: F401
+from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
+from tfjpq.summary import profile, summary  # noqa: F401
 
 _SUBMODULES = ("callbacks", "cost", "zeroq", "quantune", "precrop")
 

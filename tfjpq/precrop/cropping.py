@@ -380,10 +380,18 @@ def _widths_from_multipliers(g, roots, a, min_channels):
     return out
 
 
+BALANCE = 0.1  # weight of the pull toward sqrt(density), relative to the per-layer fit
+
+
 def _solve_log_multipliers(g, roots, dens):
     """Weighted least squares in log space (see the module docstring)."""
+    if not roots:
+        return np.zeros(0)
     index = {r: i for i, r in enumerate(roots)}
     rows, rhs, weights = [], [], []
+    touching = np.zeros(len(roots))  # kernel weights of the layers that read or write each group
+    produced = np.zeros(len(roots))
+    produced_logd = np.zeros(len(roots))
     for name, info in g.info.items():
         if info.kind not in ("source", "depthwise"):
             continue
@@ -394,22 +402,27 @@ def _solve_log_multipliers(g, roots, dens):
             r = g.find(info.out_group)
             if r in index:
                 row[index[r]] += 1.0
+                produced[index[r]] += n
+                produced_logd[index[r]] += n * math.log(d)
         cin = g.channels(info.in_segs)
         for grp, f in info.in_segs:
             r = g.find(grp)
             if r in index:
                 row[index[r]] += f * g.width[r] / cin
+        touching += n * (row != 0)
         rows.append(row)
         rhs.append(math.log(d))
         weights.append(math.sqrt(n))
-    if not roots:
-        return np.zeros(0)
-    a = np.asarray(rows) * np.asarray(weights)[:, None]
-    b = np.asarray(rhs) * np.asarray(weights)
-    ridge = 1e-3 * float(np.mean(weights))
-    a = np.vstack([a, ridge * np.eye(len(roots))])
-    b = np.concatenate([b, np.zeros(len(roots))])
-    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    # The balance rows: each group toward sqrt(its producers' mean density). They only
+    # decide directions the per-layer fit leaves open (e.g. wide/narrow alternation in a chain).
+    for i in range(len(roots)):
+        row = np.zeros(len(roots))
+        row[i] = 1.0
+        rows.append(row)
+        rhs.append(0.5 * produced_logd[i] / produced[i] if produced[i] else 0.0)
+        weights.append(math.sqrt(BALANCE * max(touching[i], 1.0)))
+    w = np.asarray(weights)
+    x, *_ = np.linalg.lstsq(np.asarray(rows) * w[:, None], np.asarray(rhs) * w, rcond=None)
     return np.minimum(x, 0.0)
 
 

@@ -1,0 +1,227 @@
+"""Differentiable hardware cost models.
+
+A cost model turns, for every search layer, the precision probabilities into
+a scalar cost; the search adds ``strength * cost`` to the task loss. Costs are
+differentiable in the precision logits of the layer *and* of its producers,
+through the soft input channel count ``C_in_eff = C_in - sum_c theta[0, c]``.
+
+Built in (``tfjpq.wrap(..., cost=NAME)``):
+
+========  ========  ==========================================================
+name      unit      formula per layer
+========  ========  ==========================================================
+size      bytes     ``taps * C_in_eff * sum_c sum_p theta[p,c] * p / 8``
+bitops    BitOps    ``pixels * taps * C_in_eff * sum_c sum_p theta[p,c] p * E[a]``
+mpic      cycles    ``sum_a phi_a sum_w MACs_w / MPIC[a][w]`` (MACs/cycle table)
+========  ========  ==========================================================
+
+``taps`` is ``k_h * k_w`` (1 for Dense); a depthwise layer has one input
+channel per output channel. ``E[a] = sum_a phi_a * a`` is the expected
+activation bit-width of the layer's input (8 where the input is the raw model
+input, which the converter quantizes to int8).
+
+Your own hardware model: subclass :class:`CostModel`, implement
+:meth:`CostModel.layer_cost`, and pass an instance::
+
+    class EnergyCost(tfjpq.cost.CostModel):
+        unit = "pJ"
+        def layer_cost(self, t):
+            # t is a LayerTerms: t.macs_by_bits() gives MACs per weight precision
+            return sum(m * (0.1 * b) for b, m in t.macs_by_bits().items())
+
+    search = tfjpq.wrap(model, cost=EnergyCost(), strength=1e-6)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+_register = keras.saving.register_keras_serializable(package="tfjpq")
+
+# MPIC (RISC-V with mixed-precision SIMD), MACs per cycle [activation bits][weight bits].
+MPIC_MACS_PER_CYCLE = {
+    2: {2: 6.5, 4: 4.0, 8: 2.2},
+    4: {2: 3.9, 4: 3.5, 8: 2.1},
+    8: {2: 2.5, 4: 2.3, 8: 2.1},
+}
+
+
+@dataclasses.dataclass
+class LayerTerms:
+    """What a cost model sees of one search layer (tensors are differentiable).
+
+    ``theta``: (len(weight_bits), C_out) weight precision probabilities.
+    ``phi``: (len(act_bits),) input activation precision probabilities.
+    ``cin_eff``: soft number of input channels (1 for depthwise layers).
+    """
+
+    name: str
+    kind: str
+    taps: int
+    pixels: int
+    cin: int
+    cin_eff: tf.Tensor
+    theta: tf.Tensor
+    weight_bits: tuple
+    phi: tf.Tensor
+    act_bits: tuple
+
+    def expected_weight_bits(self):
+        """sum_c sum_p theta[p, c] * p: the soft total of weight bits over output channels."""
+        bits = tf.constant(self.weight_bits, tf.float32)[:, None]
+        return tf.reduce_sum(self.theta * bits)
+
+    def kept_channels(self):
+        if 0 in self.weight_bits:
+            return tf.reduce_sum(1.0 - self.theta[self.weight_bits.index(0)])
+        return tf.cast(tf.shape(self.theta)[1], tf.float32)
+
+    def expected_act_bits(self):
+        return tf.reduce_sum(self.phi * tf.constant(self.act_bits, tf.float32))
+
+    def weight_bits_total(self):
+        return self.taps * self.cin_eff * self.expected_weight_bits()
+
+    def macs(self):
+        return self.pixels * self.taps * self.cin_eff * self.kept_channels()
+
+    def macs_by_bits(self):
+        """{weight bits: soft MAC count} for the non-zero precisions."""
+        per = self.pixels * self.taps * self.cin_eff
+        return {b: per * tf.reduce_sum(self.theta[i]) for i, b in enumerate(self.weight_bits) if b != 0}
+
+
+@_register
+class CostModel:
+    """Base class of cost models. Subclasses set ``unit`` and implement :meth:`layer_cost`."""
+
+    name = "custom"
+    unit = ""
+
+    def layer_cost(self, terms: LayerTerms) -> tf.Tensor:
+        raise NotImplementedError
+
+    def check(self, weight_bits, act_bits) -> None:
+        """Raise ValueError if the cost cannot price these bit-widths."""
+
+    def total(self, terms) -> tf.Tensor:
+        return tf.add_n([tf.cast(self.layer_cost(t), tf.float32) for t in terms])
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@_register
+class SizeCost(CostModel):
+    """Weight memory in bytes (pruned input channels of the next layer count as gone)."""
+
+    name = "size"
+    unit = "bytes"
+
+    def layer_cost(self, t):
+        return t.weight_bits_total() / 8.0
+
+
+@_register
+class BitOpsCost(CostModel):
+    """MACs weighted by weight bits times activation bits."""
+
+    name = "bitops"
+    unit = "BitOps"
+
+    def layer_cost(self, t):
+        return t.pixels * t.weight_bits_total() * t.expected_act_bits()
+
+
+@_register
+class MPICCost(CostModel):
+    """Latency in cycles on MPIC from its MACs/cycle table (activation x weight precision)."""
+
+    name = "mpic"
+    unit = "cycles"
+
+    def __init__(self, table=None):
+        self.table = {int(a): {int(w): float(v) for w, v in row.items()} for a, row in (table or MPIC_MACS_PER_CYCLE).items()}
+
+    def check(self, weight_bits, act_bits):
+        missing_w = [b for b in weight_bits if b != 0 and b not in self.table[next(iter(self.table))]]
+        missing_a = [a for a in act_bits if a not in self.table]
+        if missing_w or missing_a:
+            raise ValueError(
+                f"the mpic cost model knows weight bits {sorted(self.table[next(iter(self.table))])} and activation "
+                f"bits {sorted(self.table)}; got weight bits {missing_w} / activation bits {missing_a} outside them"
+            )
+
+    def layer_cost(self, t):
+        macs = t.macs_by_bits()
+        total = 0.0
+        for j, a in enumerate(t.act_bits):
+            row = self.table[a]
+            total = total + t.phi[j] * tf.add_n([m / row[w] for w, m in macs.items()])
+        return total
+
+    def get_config(self):
+        return {"table": {str(a): {str(w): v for w, v in row.items()} for a, row in self.table.items()}}
+
+
+BUILTIN = {"size": SizeCost, "bitops": BitOpsCost, "mpic": MPICCost}
+
+
+def get(spec) -> CostModel:
+    """A cost model from a name (``"size"``, ``"bitops"``, ``"mpic"``, ``"tflm"``), a config dict, or an instance."""
+    if isinstance(spec, CostModel):
+        return spec
+    if isinstance(spec, str):
+        if spec in BUILTIN:
+            return BUILTIN[spec]()
+        if spec == "tflm" or spec.startswith("tflm:"):
+            from tfjpq.tflm_cost import TFLMCost
+
+            return TFLMCost(board=spec.split(":", 1)[1]) if ":" in spec else TFLMCost()
+        raise ValueError(f"unknown cost {spec!r}; use one of {sorted(BUILTIN) + ['tflm']} or a CostModel instance")
+    if isinstance(spec, dict):
+        return keras.saving.deserialize_keras_object(spec)
+    raise TypeError(f"cost must be a name, a CostModel or its serialized dict, got {type(spec).__name__}")
+
+
+def serialize(cost: CostModel):
+    return keras.saving.serialize_keras_object(cost)
+
+
+def layer_terms(model, training=False):
+    """LayerTerms for every search layer of a model made by ``tfjpq.wrap``."""
+    choices = {c.name: c for c in model.precision_choices()}
+    acts = {a.name: a for a in model.activation_choices()}
+    thetas = {name: c.theta(training) for name, c in choices.items()}
+    terms = []
+    for layer in model.search_layers():
+        theta = thetas[layer.group]
+        if layer.kind == "depthwise":
+            cin_eff = tf.constant(1.0)
+        else:
+            parts = []
+            for gname, channels in layer.input_layout:
+                c = choices.get(gname) if gname is not None else None
+                if c is not None and c.prunable:
+                    parts.append(channels - tf.reduce_sum(thetas[gname][c.bits.index(0)]))
+                else:
+                    parts.append(tf.constant(float(channels)))
+            cin_eff = layer.input_repeat * tf.add_n(parts)
+        if layer.act_quantizer is not None:
+            aq = acts[layer.act_quantizer]
+            phi, act_bits = aq.phi(training), aq.bits
+        else:
+            phi, act_bits = tf.constant([1.0]), (8,)
+        terms.append(LayerTerms(
+            name=layer.name, kind=layer.kind, taps=layer.kernel_taps(), pixels=layer.out_pixels(),
+            cin=layer.in_channels(), cin_eff=cin_eff, theta=theta, weight_bits=layer.weight_bits,
+            phi=phi, act_bits=act_bits,
+        ))
+    return terms

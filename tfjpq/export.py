@@ -1,0 +1,211 @@
+"""``export``: a frozen search model -> a plain Keras model ready for int8 conversion.
+
+What happens to each search layer:
+
+1. BatchNorm is folded into the kernel and bias (``W * g/sqrt(v+e)``,
+   ``(b - m) * g/sqrt(v+e) + beta``) *before* the final weight quantization,
+   so the stored grid is the searched one (per-channel symmetric quantization
+   commutes with a per-channel scale).
+2. Pruned output channels are dropped, and so are the matching input rows or
+   channels of every consumer (through ReLU, pooling, Flatten, Concatenate,
+   Add ...).
+3. The kept channels are regrouped by precision: one ``Conv2D``/``Dense`` per
+   bit-width (named ``<layer>__w<bits>``, each kernel on its grid), joined by a
+   ``Concatenate``; consumers' input channels are permuted to match. Depthwise
+   layers and layers whose channels reach a model output keep one tensor in the
+   original order (a depthwise channel can only follow its input channel, and
+   outputs keep their meaning); their channels carry mixed grids and the
+   exporter stores the tensor at its widest precision.
+4. Activation quantizers become fixed :class:`tfjpq.layers.ActivationQuantizer`
+   layers whose ranges the TFLite converter uses.
+
+The exported model's outputs equal the frozen model's (inference mode) within
+float tolerance.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tfjpq import graph, quantizers
+from tfjpq.errors import UnsupportedModelError
+from tfjpq.layers import ActivationChoice, ActivationQuantizer, PrecisionChoice, _SearchLinear
+from tfjpq.search import require_search_model
+
+
+class _TensorState:
+    """An exported tensor and how its channels map to the search model's."""
+
+    def __init__(self, tensor, cmap, old_channels, repeat=1):
+        self.tensor = tensor
+        self.cmap = np.asarray(cmap, dtype=np.int64)  # old channel index of each new channel
+        self.old_channels = int(old_channels)  # channels per position in the search model
+        self.repeat = int(repeat)  # flattened spatial positions
+
+
+def folded_kernel_and_bias(layer: _SearchLinear):
+    """Float kernel and bias of a search layer with its BatchNorm folded in (float32)."""
+    w = layer.kernel.numpy().astype(np.float64)
+    c = layer.out_channels
+    b = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(c)
+    bn = layer.bn
+    if bn is not None:
+        gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones(c)
+        beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros(c)
+        mean = bn.moving_mean.numpy().astype(np.float64)
+        var = bn.moving_variance.numpy().astype(np.float64)
+        s = gamma / np.sqrt(var + bn.epsilon)
+        shape = [1] * w.ndim
+        shape[layer.channel_axis] = c
+        w = w * s.reshape(shape)
+        b = (b - mean) * s + beta
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def quantize_mixed(w, bits_per_channel, channel_axis):
+    """Quantize each output channel of ``w`` at its own bit-width."""
+    w = np.moveaxis(np.asarray(w, np.float32), channel_axis, -1).copy()
+    for b in np.unique(bits_per_channel):
+        idx = np.where(bits_per_channel == b)[0]
+        w[..., idx] = quantizers.quantize_weights_np(w[..., idx], int(b))
+    return np.moveaxis(w, -1, channel_axis)
+
+
+def _plain_config(layer: _SearchLinear, name, out_channels):
+    cfg = dict(layer.layer_config)
+    cfg["name"] = name
+    cfg["use_bias"] = True
+    if layer.kind == "conv":
+        cfg["filters"] = int(out_channels)
+    elif layer.kind == "dense":
+        cfg["units"] = int(out_channels)
+    for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
+                "bias_constraint"):
+        cfg.pop(key, None)
+    return cfg
+
+
+_PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D, "dense": keras.layers.Dense}
+
+
+def _export_linear(layer: _SearchLinear, sel_bits, regroup, x: _TensorState) -> _TensorState:
+    w, b = folded_kernel_and_bias(layer)
+    if layer.kind == "depthwise":
+        order = x.cmap
+        w = w[:, :, order, :]
+        w = quantize_mixed(w, sel_bits[order], channel_axis=2)
+        new = keras.layers.DepthwiseConv2D.from_config(_plain_config(layer, layer.name, len(order)))
+        y = new(x.tensor)
+        new.set_weights([w, b[order]])
+        return _TensorState(y, order, layer.out_channels)
+
+    if layer.kind == "dense":
+        rows = (np.arange(x.repeat)[:, None] * x.old_channels + x.cmap[None, :]).reshape(-1)
+        w = w[rows, :]
+    else:
+        w = w[:, :, x.cmap, :]
+    kept_bits = sorted(int(v) for v in np.unique(sel_bits) if v != 0)
+    if regroup and len(kept_bits) > 1:
+        parts, order = [], []
+        for bits in kept_bits:
+            idx = np.where(sel_bits == bits)[0]
+            sub = _PLAIN[layer.kind].from_config(_plain_config(layer, f"{layer.name}__w{bits}", len(idx)))
+            parts.append(sub(x.tensor))
+            sub.set_weights([quantizers.quantize_weights_np(w[..., idx], bits), b[idx]])
+            order.extend(idx.tolist())
+        y = keras.layers.Concatenate(axis=-1, name=f"{layer.name}__concat")(parts)
+        return _TensorState(y, order, layer.out_channels)
+    order = np.where(sel_bits != 0)[0]
+    new = _PLAIN[layer.kind].from_config(_plain_config(layer, layer.name, len(order)))
+    y = new(x.tensor)
+    new.set_weights([quantize_mixed(w[..., order], sel_bits[order], channel_axis=-1), b[order]])
+    return _TensorState(y, order, layer.out_channels)
+
+
+def export(model, name=None) -> keras.Model:
+    """A plain Keras model: pruned channels removed, BN folded, weights on their chosen grids.
+
+    Takes the model from :func:`tfjpq.freeze` (a search model is frozen first at
+    its current argmax choices).
+
+    Example::
+
+        deploy = tfjpq.export(tfjpq.freeze(search))
+        deploy.save("deploy.keras")
+    """
+    require_search_model(model, "tfjpq.export")
+    if any(c.mode != "fixed" for c in model.precision_choices()):
+        from tfjpq.search import freeze
+
+        model = freeze(model)
+    choices = {c.name: c for c in model.precision_choices()}
+    selected = {n: c.selected_bits() for n, c in choices.items()}
+
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
+    states = {}
+    for old, new in zip(model.inputs, inputs):
+        c = int(old.shape[-1])
+        states[id(old)] = _TensorState(new, np.arange(c), c)
+
+    for node in graph.topological_nodes(model):
+        layer = node.operation
+        out = node.outputs[0]
+        if isinstance(layer, PrecisionChoice):
+            continue
+        ins = [states[id(t)] for t in node.input_tensors if id(t) in states]
+        if isinstance(layer, _SearchLinear):
+            choice = choices[layer.group]
+            states[id(out)] = _export_linear(layer, selected[layer.group], choice.regroup, ins[0])
+            continue
+        if isinstance(layer, ActivationChoice):
+            q = ActivationQuantizer(bits=layer.selected_bits(), clip=float(layer.clip.numpy()), signed=layer.signed,
+                                    name=layer.name)
+            x = ins[0]
+            states[id(out)] = _TensorState(q(x.tensor), x.cmap, x.old_channels, x.repeat)
+            continue
+        states[id(out)] = _export_other(layer, node, ins)
+
+    outputs = []
+    for t in model.outputs:
+        st = states[id(t)]
+        if not np.array_equal(st.cmap, np.arange(st.old_channels)):
+            raise AssertionError(f"output {t.name} lost its channel order in export")  # groups reaching outputs never reorder
+        outputs.append(st.tensor)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                       name=name or model.name.replace("_search", "") + "_deploy")
+
+
+def _export_other(layer, node, ins):
+    kind = graph._layer_kind(layer)
+    cfg = layer.get_config()
+    x = ins[0]
+    if kind == "concat":
+        cmaps, offset = [], 0
+        for st in ins:
+            cmaps.append(st.cmap + offset)
+            offset += st.old_channels
+        y = layer.__class__.from_config(cfg)([st.tensor for st in ins])
+        return _TensorState(y, np.concatenate(cmaps), offset)
+    if kind == "add":
+        for st in ins[1:]:
+            if not np.array_equal(st.cmap, x.cmap):
+                raise AssertionError(f"the inputs of {layer.name} disagree on their channels in export")
+        y = layer.__class__.from_config(cfg)([st.tensor for st in ins])
+        return _TensorState(y, x.cmap, x.old_channels, x.repeat)
+    if kind in ("flatten", "reshape"):
+        shape = node.input_tensors[0].shape
+        spatial = int(np.prod([int(d) for d in shape[1:-1]])) if len(shape) > 2 else 1
+        if kind == "reshape":
+            cfg["target_shape"] = (int(spatial * x.repeat * len(x.cmap)),)
+        y = layer.__class__.from_config(cfg)(x.tensor)
+        return _TensorState(y, x.cmap, x.old_channels, x.repeat * spatial)
+    clone = layer.__class__.from_config(cfg)
+    y = clone(x.tensor)
+    weights = layer.get_weights()
+    if weights:
+        if kind != "bn":
+            raise UnsupportedModelError(f"layer {layer.name!r} ({type(layer).__name__}) has weights tfjpq cannot export")
+        weights = [w[x.cmap] for w in weights]
+        clone.set_weights(weights)
+    return _TensorState(y, x.cmap, x.old_channels, x.repeat)

@@ -1,0 +1,411 @@
+"""The search layers.
+
+* :class:`PrecisionChoice` holds the trainable logits ``alpha`` (|P| x C) of one
+  channel group and outputs ``theta``, the per-channel weight precision
+  probabilities. Layers that must prune the same channels (the sides of an Add,
+  a depthwise layer and its producer) read the same ``PrecisionChoice``.
+* :class:`ActivationChoice` quantizes one tensor with PACT at a per-tensor
+  precision chosen among ``act_bits``.
+* :class:`SearchConv2D`, :class:`SearchDepthwiseConv2D`, :class:`SearchDense`
+  compute ``keep_c * BN(op(x, W_c) + b)`` with
+  ``W_c = sum_{p>0} theta[p, c] Q_p(W_c) / keep_c`` and ``keep_c = 1 - theta[0, c]``.
+  Without bias or BN this is exactly the paper's ``op(x, sum_p theta[p,c] Q_p(W_c))``;
+  with them, a pruned channel (``keep_c = 0``) is exactly zero, so it can be
+  removed at export without changing the output.
+* :class:`ActivationQuantizer` is the fixed PACT quantizer left in exported models.
+
+Selection modes (``mode``): ``"soft"`` (softmax with temperature), ``"hard"``
+(argmax forward, straight-through gradient), ``"gumbel"`` (Gumbel-softmax during
+training), ``"fixed"`` (argmax, no gradient; what :func:`tfjpq.freeze` sets).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfjpq import quantizers
+
+MODES = ("soft", "hard", "gumbel", "fixed")
+_register = keras.saving.register_keras_serializable(package="tfjpq")
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"selection mode {mode!r} is not one of {MODES}")
+
+
+def select(alpha, temperature, mode, training, axis=0):
+    """Probabilities over precisions along ``axis`` for the given mode."""
+    if mode == "fixed":
+        return tf.one_hot(tf.argmax(alpha, axis=axis), tf.shape(alpha)[axis], axis=axis, dtype=alpha.dtype)
+    logits = alpha
+    if mode == "gumbel" and training:
+        u = tf.random.uniform(tf.shape(alpha), 1e-6, 1.0 - 1e-6)
+        logits = alpha - tf.math.log(-tf.math.log(u))
+    soft = tf.nn.softmax(logits / tf.maximum(temperature, 1e-6), axis=axis)
+    if mode == "hard":
+        hard = tf.one_hot(tf.argmax(soft, axis=axis), tf.shape(alpha)[axis], axis=axis, dtype=alpha.dtype)
+        return hard + soft - tf.stop_gradient(soft)
+    return soft
+
+
+def _initial_logits(bits, channels=None):
+    init = np.asarray(bits, np.float32) / float(max(bits))
+    if channels is None:
+        return init
+    return np.repeat(init[:, None], channels, axis=1)
+
+
+@_register
+class PrecisionChoice(keras.layers.Layer):
+    """Per-output-channel weight precision logits of one channel group.
+
+    Called on any tensor (only for graph wiring); returns ``theta`` of shape
+    ``(len(bits), channels)``. ``alpha`` starts at ``p / max(bits)``.
+
+    Example::
+
+        choice = PrecisionChoice(channels=16, bits=(0, 2, 4, 8))
+        theta = choice(x)          # (4, 16), columns sum to 1
+    """
+
+    def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, **kwargs):
+        super().__init__(**kwargs)
+        self.regroup = bool(regroup)  # may export reorder these channels by precision
+        for b in bits:
+            quantizers.check_weight_bits(b)
+        if len(set(bits)) != len(bits) or list(bits) != sorted(bits):
+            raise ValueError(f"weight bits must be distinct and ascending, got {bits}")
+        check_mode(mode)
+        self.channels = int(channels)
+        self.bits = tuple(int(b) for b in bits)
+        self.initial_temperature = float(temperature)
+        self.mode = mode
+
+    def build(self, input_shape=None):
+        self.alpha = self.add_weight(name="alpha", shape=(len(self.bits), self.channels), initializer="zeros",
+                                     trainable=self.mode != "fixed")
+        self.alpha.assign(_initial_logits(self.bits, self.channels))
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False)
+        self.temperature.assign(self.initial_temperature)
+        self.built = True
+
+    @property
+    def prunable(self) -> bool:
+        return 0 in self.bits
+
+    def theta(self, training=False):
+        return select(self.alpha, self.temperature, self.mode, training)
+
+    def call(self, inputs, training=None):
+        return self.theta(bool(training))
+
+    def compute_output_shape(self, input_shape):
+        return (len(self.bits), self.channels)
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor((len(self.bits), self.channels), dtype=self.compute_dtype)
+
+    def selected_bits(self) -> np.ndarray:
+        """The argmax precision of every channel, as bit-widths."""
+        return np.asarray(self.bits)[np.argmax(self.alpha.numpy(), axis=0)]
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(channels=self.channels, bits=list(self.bits), temperature=self.initial_temperature, mode=self.mode,
+                   regroup=self.regroup)
+        return cfg
+
+
+@_register
+class ActivationChoice(keras.layers.Layer):
+    """PACT fake quantization of a tensor at a searched precision.
+
+    ``phi = softmax(beta / T)`` over ``bits``; the output is
+    ``sum_a phi_a * PACT_a(x)``. The clip starts at ``clip`` (6 by default).
+
+    Example::
+
+        q = ActivationChoice(bits=(4, 8), signed=False)
+        y = q(x)      # x fake-quantized on [0, clip]
+    """
+
+    def __init__(self, bits=(8,), signed=False, clip=6.0, temperature=1.0, mode="soft", **kwargs):
+        super().__init__(**kwargs)
+        for b in bits:
+            quantizers.check_act_bits(b)
+        check_mode(mode)
+        self.bits = tuple(int(b) for b in bits)
+        self.signed = bool(signed)
+        self.initial_clip = float(clip)
+        self.initial_temperature = float(temperature)
+        self.mode = mode
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(name="beta", shape=(len(self.bits),), initializer="zeros",
+                                    trainable=self.mode != "fixed" and len(self.bits) > 1)
+        self.beta.assign(_initial_logits(self.bits))
+        self.clip = self.add_weight(name="clip", shape=(), initializer="ones", trainable=True)
+        self.clip.assign(self.initial_clip)
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False)
+        self.temperature.assign(self.initial_temperature)
+        self.built = True
+
+    def phi(self, training=False):
+        return select(self.beta, self.temperature, self.mode, training)
+
+    def call(self, x, training=None):
+        if len(self.bits) == 1:
+            return quantizers.quantize_activations(x, self.clip, self.bits[0], self.signed)
+        phi = self.phi(bool(training))
+        out = 0.0
+        for i, b in enumerate(self.bits):
+            out = out + phi[i] * quantizers.quantize_activations(x, self.clip, b, self.signed)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def selected_bits(self) -> int:
+        return int(self.bits[int(np.argmax(self.beta.numpy()))])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(bits=list(self.bits), signed=self.signed, clip=self.initial_clip,
+                   temperature=self.initial_temperature, mode=self.mode)
+        return cfg
+
+
+@_register
+class ActivationQuantizer(keras.layers.Layer):
+    """Fixed PACT fake quantization (``bits``, ``clip``) left in exported models.
+
+    The TFLite converter reads its range as the tensor's int8 quantization.
+    """
+
+    def __init__(self, bits=8, clip=6.0, signed=False, **kwargs):
+        super().__init__(**kwargs)
+        quantizers.check_act_bits(bits)
+        self.bits, self.clip, self.signed = int(bits), float(clip), bool(signed)
+
+    def call(self, x):
+        return quantizers.quantize_activations(x, self.clip, self.bits, self.signed)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(bits=self.bits, clip=self.clip, signed=self.signed)
+        return cfg
+
+
+class _SearchLinear(keras.layers.Layer):
+    """Shared machinery of the three search layers; see the module docstring."""
+
+    kind = None
+    channel_axis = -1  # of the kernel
+
+    def __init__(self, layer_config, weight_bits=(0, 2, 4, 8), bn_config=None, input_layout=None,
+                 input_repeat=1, act_quantizer=None, group=None, **kwargs):
+        kwargs.setdefault("name", layer_config.get("name"))
+        super().__init__(**kwargs)
+        self.layer_config = dict(layer_config)
+        self.weight_bits = tuple(int(b) for b in weight_bits)
+        self.bn_config = dict(bn_config) if bn_config else None
+        self.input_layout = [list(s) for s in (input_layout or [])]
+        self.input_repeat = int(input_repeat)
+        self.act_quantizer = act_quantizer
+        self.group = group
+        self.activation = keras.activations.get(self.layer_config.get("activation", "linear"))
+        self.use_bias = bool(self.layer_config.get("use_bias", True))
+        self.bn = None
+        if self.bn_config:
+            cfg = {k: v for k, v in self.bn_config.items() if k != "name"}
+            self.bn = keras.layers.BatchNormalization(name=f"{self.name}_bn", **cfg)
+
+    # -- subclasses -------------------------------------------------------
+    def kernel_shape(self, in_channels):
+        raise NotImplementedError
+
+    def apply_kernel(self, x, kernel):
+        raise NotImplementedError
+
+    @property
+    def out_channels(self):
+        raise NotImplementedError
+
+    def kernel_taps(self) -> int:
+        """Kernel elements per (input, output) channel pair: k_h * k_w (1 for Dense)."""
+        ks = self.layer_config.get("kernel_size", (1, 1))
+        return int(np.prod(ks))
+
+    # -- Keras --------------------------------------------------------------
+    def build(self, input_shape):
+        x_shape = input_shape[0]
+        cin = int(x_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=self.kernel_shape(cin), initializer="glorot_uniform")
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.out_channels,), initializer="zeros")
+        if self.bn is not None:
+            out_shape = list(x_shape[:-1]) + [self.out_channels]
+            self.bn.build(tuple(out_shape))
+        self.input_shape_seen = tuple(x_shape)
+        self.built = True
+
+    def out_pixels(self) -> int:
+        """Output positions per sample (H_out * W_out; 1 for Dense), for MAC counts."""
+        shape = self.output_shape_for(self.input_shape_seen)
+        n = 1
+        for d in shape[1:-1]:
+            if d is None:
+                raise ValueError(f"layer {self.name!r} has a dynamic spatial size; MACs need a fixed input shape")
+            n *= int(d)
+        return n
+
+    def in_channels(self) -> int:
+        return int(self.input_shape_seen[-1])
+
+    def mixed_kernel(self, theta):
+        """``sum_{p>0} theta_p Q_p(W) / keep`` broadcast over the kernel."""
+        shape = [1] * len(self.kernel.shape)
+        shape[self.channel_axis] = self.out_channels
+        keep = None
+        w = 0.0
+        for i, b in enumerate(self.weight_bits):
+            if b == 0:
+                keep = 1.0 - theta[i]
+                continue
+            w = w + tf.reshape(theta[i], shape) * quantizers.quantize_weights(self.kernel, b, self.channel_axis)
+        if keep is not None:
+            w = w / tf.reshape(tf.maximum(keep, 1e-3), shape)
+        return w, keep
+
+    def call(self, inputs, training=None):
+        x, theta = inputs
+        kernel, keep = self.mixed_kernel(theta)
+        y = self.apply_kernel(x, kernel)
+        if self.use_bias:
+            y = y + self.bias
+        if self.bn is not None:
+            y = self.bn(y, training=training)
+        if keep is not None:
+            y = y * keep
+        return self.activation(y)
+
+    def compute_output_spec(self, inputs, training=None):
+        x = inputs[0]
+        shape = self.output_shape_for(tuple(x.shape))
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def output_shape_for(self, shape):
+        raise NotImplementedError
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(layer_config=self.layer_config, weight_bits=list(self.weight_bits), bn_config=self.bn_config,
+                   input_layout=self.input_layout, input_repeat=self.input_repeat,
+                   act_quantizer=self.act_quantizer, group=self.group)
+        return cfg
+
+
+def _conv_out(size, k, s, d, padding):
+    if size is None:
+        return None
+    if padding == "same":
+        return -(-size // s)
+    eff = (k - 1) * d + 1
+    return (size - eff) // s + 1
+
+
+class _SearchConvBase(_SearchLinear):
+    def _conv_params(self):
+        cfg = self.layer_config
+        strides = tuple(cfg.get("strides", (1, 1)))
+        dil = tuple(cfg.get("dilation_rate", (1, 1)))
+        return strides, dil, cfg.get("padding", "valid").upper()
+
+    def output_shape_for(self, shape):
+        cfg = self.layer_config
+        ks, (sh, sw), (dh, dw) = cfg["kernel_size"], cfg.get("strides", (1, 1)), cfg.get("dilation_rate", (1, 1))
+        pad = cfg.get("padding", "valid")
+        return (shape[0], _conv_out(shape[1], ks[0], sh, dh, pad), _conv_out(shape[2], ks[1], sw, dw, pad),
+                self.out_channels)
+
+
+@_register
+class SearchConv2D(_SearchConvBase):
+    """Conv2D with a per-output-channel precision/pruning choice (and an absorbed BN)."""
+
+    kind = "conv"
+    channel_axis = -1
+
+    @property
+    def out_channels(self):
+        return int(self.layer_config["filters"])
+
+    def kernel_shape(self, cin):
+        return tuple(self.layer_config["kernel_size"]) + (cin, self.out_channels)
+
+    def apply_kernel(self, x, kernel):
+        strides, dil, pad = self._conv_params()
+        return tf.nn.convolution(x, kernel, strides=strides, padding=pad, dilations=dil)
+
+
+@_register
+class SearchDepthwiseConv2D(_SearchConvBase):
+    """DepthwiseConv2D (multiplier 1) whose channels share their producer's choice."""
+
+    kind = "depthwise"
+    channel_axis = 2
+
+    def build(self, input_shape):
+        self._channels = int(input_shape[0][-1])
+        super().build(input_shape)
+
+    @property
+    def out_channels(self):
+        return self._channels
+
+    def kernel_taps(self):
+        return int(np.prod(self.layer_config["kernel_size"]))
+
+    def kernel_shape(self, cin):
+        return tuple(self.layer_config["kernel_size"]) + (cin, 1)
+
+    def apply_kernel(self, x, kernel):
+        (sh, sw), dil, pad = self._conv_params()
+        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, sh, sw, 1), padding=pad, dilations=dil)
+
+    def output_shape_for(self, shape):
+        self._channels = int(shape[-1])
+        return super().output_shape_for(shape)
+
+
+@_register
+class SearchDense(_SearchLinear):
+    """Dense with a per-output-unit precision/pruning choice (and an absorbed BN)."""
+
+    kind = "dense"
+    channel_axis = -1
+
+    @property
+    def out_channels(self):
+        return int(self.layer_config["units"])
+
+    def kernel_taps(self):
+        return 1
+
+    def kernel_shape(self, cin):
+        return (cin, self.out_channels)
+
+    def apply_kernel(self, x, kernel):
+        return tf.matmul(x, kernel)
+
+    def output_shape_for(self, shape):
+        return (shape[0], self.out_channels)
+
+
+SEARCH_LAYERS = {"conv": SearchConv2D, "depthwise": SearchDepthwiseConv2D, "dense": SearchDense}
