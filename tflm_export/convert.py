@@ -1,0 +1,228 @@
+"""Keras 3 model -> full-int8 TFLite flatbuffer with sub-byte weights (see :func:`convert`)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from tflm_export import modelinfo, packing, storage
+from tflm_export.artifact import Artifact, check_out_dir, io_details
+from tflm_export.codegen import c_identifier
+from tflm_export.errors import ConversionError
+
+MAX_CALIBRATION_SAMPLES = 300
+
+
+def _input_specs(model):
+    import tensorflow as tf
+
+    specs = []
+    for i, t in enumerate(model.inputs):
+        shape = tuple(t.shape)
+        if any(s is None for s in shape[1:]):
+            raise ConversionError(
+                f"input {i} ({getattr(t, 'name', '?')}) has shape {shape}: TFLM needs static shapes; "
+                "build the model with a fixed input size (keras.Input(shape=(H, W, C)))"
+            )
+        specs.append(tf.TensorSpec((1,) + shape[1:], getattr(t, "dtype", None) or tf.float32, name=f"input_{i}"))
+    return specs
+
+
+def _calibration(representative_data, specs, seed=0):
+    """A representative_dataset callable yielding one batch-1 sample per step."""
+    n_in = len(specs)
+    if representative_data is None:
+        warnings.warn(
+            "convert(): no representative_data given; calibrating activation ranges on random "
+            "uniform [0, 1] inputs. Pass ~100 real samples for a usable int8 model.",
+            UserWarning, stacklevel=3,
+        )
+        rng = np.random.default_rng(seed)
+        arrays = [rng.uniform(0, 1, (32,) + tuple(s.shape[1:])).astype("float32") for s in specs]
+    elif callable(representative_data):
+        def gen():
+            for item in representative_data():
+                yield [np.asarray(v, np.float32) for v in (item if isinstance(item, (list, tuple)) else [item])]
+        return gen
+    else:
+        arrays = list(representative_data) if isinstance(representative_data, (list, tuple)) else [representative_data]
+        if n_in == 1 and len(arrays) != 1:
+            arrays = [np.asarray(representative_data)]
+        arrays = [np.asarray(a, np.float32) for a in arrays]
+        if len(arrays) != n_in:
+            raise ConversionError(f"representative_data has {len(arrays)} arrays; the model has {n_in} inputs")
+        for a, s in zip(arrays, specs):
+            if tuple(a.shape[1:]) != tuple(s.shape[1:]):
+                if tuple(a.shape) == tuple(s.shape[1:]):
+                    raise ConversionError(f"representative_data needs a leading sample axis: got {a.shape}, "
+                                          f"expected (N,) + {tuple(s.shape[1:])}")
+                raise ConversionError(f"representative_data shape {a.shape} does not match the model input "
+                                      f"(N,) + {tuple(s.shape[1:])}")
+    count = min(len(arrays[0]), MAX_CALIBRATION_SAMPLES)
+
+    def gen():
+        for k in range(count):
+            yield [a[k : k + 1] for a in arrays]
+
+    return gen
+
+
+def keras_to_int8(model, representative_data=None) -> bytes:
+    """The plain full-int8 flatbuffer (int8 inputs and outputs, batch 1) of a Keras 3 model.
+
+    Example::
+
+        b = keras_to_int8(model, x_train[:100])
+    """
+    import tensorflow as tf
+
+    if not hasattr(model, "inputs") or not model.inputs:
+        raise ConversionError(f"convert() needs a built Keras model with known inputs, got {type(model).__name__}; "
+                              "call the model once or build it with keras.Input")
+    import keras
+
+    specs = _input_specs(model)
+    # Fix the batch at 1 so the graph has static shapes (no SHAPE / PACK ops for Flatten).
+    try:
+        fixed_in = [keras.Input(batch_shape=tuple(sp.shape), dtype=sp.dtype.name, name=f"tflm_input_{i}")
+                    for i, sp in enumerate(specs)]
+        fixed_out = model(fixed_in[0] if len(fixed_in) == 1 else fixed_in)
+        fixed = keras.Model(fixed_in[0] if len(fixed_in) == 1 else fixed_in, fixed_out, name=model.name)
+    except Exception as e:
+        raise ConversionError(f"could not rebuild the model with a batch of 1: {type(e).__name__}: {e}") from e
+    conv = tf.lite.TFLiteConverter.from_keras_model(fixed)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _calibration(representative_data, specs)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    try:
+        return bytes(conv.convert())
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        short = "\n".join(line for line in msg if "error" in line.lower())[:1500] or "\n".join(msg[-5:])
+        raise ConversionError(
+            "the TFLite converter could not produce a full-int8 model (a layer without an int8 TFLite "
+            f"kernel?):\n{short}"
+        ) from e
+
+
+def convert(model, representative_data=None, pack: str = "auto", out_dir=None, overwrite: bool = False,
+            weight_bits=None, name: str | None = None, check_tflm: bool = True) -> Artifact:
+    """Convert a Keras 3 model to a full-int8 TFLite flatbuffer with sub-byte weight storage.
+
+    Args:
+        model: a built Keras 3 model, e.g. the output of ``tfjpq.export`` (weights per output channel
+            on a symmetric narrow-range grid) or any plain model.
+        representative_data: calibration inputs, an array ``(N, ...)`` (a list of arrays for several
+            inputs) or a callable returning an iterable of samples. ``None`` calibrates on random data
+            (with a warning).
+        pack: ``"auto"`` (smallest storage per tensor, see :mod:`tflm_export.storage`), or ``"int8"``,
+            ``"int4"``, ``"lut"`` to force one method wherever it applies.
+        out_dir: if given, the directory receives ``model.tflite``, ``model_data.cc/.h``,
+            ``op_resolver.h``, ``model_settings.h`` (``kTensorArenaSize``) and ``report.json``,
+            written atomically.
+        overwrite: replace an existing ``out_dir`` (otherwise OutDirExistsError).
+        weight_bits: optional ``{layer_name: bits}`` overriding the bits detected from the weight values
+            (values are snapped onto that grid if they are not on it already).
+        name: C identifier for ``g_<name>_model_data``; defaults to the Keras model name.
+        check_tflm: fail with UnsupportedOpError when the flatbuffer uses an operator TFLM lacks,
+            and measure the arena with the TFLM interpreter.
+
+    Returns:
+        An :class:`~tflm_export.artifact.Artifact`.
+
+    Example::
+
+        import tflm_export
+        art = tflm_export.convert(deploy, representative_data=x_train[:200], out_dir="build/digits")
+        print(art.size, art.arena_bytes, art.report["totals"])
+    """
+    if pack not in storage.PACK_MODES:
+        raise ValueError(f"pack must be one of {storage.PACK_MODES}, got {pack!r}")
+    if out_dir is not None:
+        check_out_dir(os.path.abspath(os.fspath(out_dir)), overwrite)   # fail before the slow part
+    layer_names = [l.name for l in getattr(model, "layers", [])]
+    int8_bytes = keras_to_int8(model, representative_data)
+    base_info = modelinfo.inspect_model(int8_bytes)
+    if check_tflm:
+        modelinfo.check_tflm_ops(base_info)
+
+    weights = packing.analyze(int8_bytes, layer_names, weight_bits)
+    plans = packing.plan(weights, pack)
+    packed, notes = packing.apply(int8_bytes, weights, plans)
+    if pack == "auto" and len(packed) >= len(int8_bytes) and not weight_bits:
+        # packing bookkeeping outweighed the savings: keep the plain int8 model
+        plans = packing.plan(weights, "int8")
+        packed, notes = int8_bytes, {}
+    info = modelinfo.inspect_model(packed)
+
+    arena = None
+    if check_tflm:
+        from tflm_export import runner
+
+        zeros = [np.full([1] + list(info.tensors[i].shape[1:]),
+                         info.tensors[i].zero_points[0] if info.tensors[i].zero_points else 0,
+                         dtype=np.int8 if info.tensors[i].dtype == "INT8" else np.float32)
+                 for i in info.inputs]
+        arena = runner.run_tflm(packed, zeros, num_outputs=len(info.outputs)).arena_bytes
+
+    cname = c_identifier(name or getattr(model, "name", None) or "model")
+    report = build_report(cname, pack, int8_bytes, packed, info, base_info, weights, plans, notes, arena)
+    art = Artifact(cname, packed, int8_bytes, report, arena or 0, io_details(info, "inputs"),
+                   io_details(info, "outputs"), tuple(dict.fromkeys(info.op_names)))
+    if out_dir is not None:
+        art.save(out_dir, overwrite=overwrite)
+    return art
+
+
+def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans, notes, arena) -> dict:
+    """Per-tensor storage (bits, bytes, method) and totals, as written to report.json."""
+    rows = []
+    tot_int8 = tot_stored = tot_ideal = tot_bias = 0
+    for w in weights:
+        p = plans[w.tensor_index]
+        bits_hist = {str(b): int((w.channel_bits == b).sum()) for b in sorted(set(w.channel_bits.tolist()))}
+        ideal = sum(int(np.prod(w.shape)) // w.channels * int(b) for b in w.channel_bits) / 8.0
+        bias = base_info.tensors[w.bias_index] if w.bias_index is not None else None
+        bias_b = bias.data_bytes if bias is not None else 0
+        rows.append({
+            "tensor": w.name, "layer": w.layer, "op": w.op, "shape": list(w.shape), "channels": w.channels,
+            "grid_bits": w.bits, "channel_bits": bits_hist, "forced_bits": w.forced_bits,
+            "method": p.method, "stored_bits": p.storage_bits, "stored_bytes": int(p.weight_bytes),
+            "int8_bytes": int(np.prod(w.shape)), "ideal_bytes": ideal,
+            "index_bits": p.index_bits, "table_len": p.table_len, "arena_extra_bytes": int(p.arena_bytes),
+            "bias_bytes": int(bias_b), "candidates": p.candidates, "reason": p.reason,
+            **({"notes": notes[w.name]} if w.name in notes else {}),
+        })
+        tot_int8 += int(np.prod(w.shape))
+        tot_stored += int(p.weight_bytes)
+        tot_ideal += ideal
+        tot_bias += bias_b
+    methods = {}
+    for r in rows:
+        methods[r["method"]] = methods.get(r["method"], 0) + 1
+    return {
+        "name": name,
+        "pack": pack,
+        "file_bytes": len(packed),
+        "int8_file_bytes": len(int8_bytes),
+        "arena_bytes": arena,
+        "total_macs": info.total_macs,
+        "ops": list(info.op_names),
+        "inputs": io_details(info, "inputs"),
+        "outputs": io_details(info, "outputs"),
+        "tensors": rows,
+        "totals": {
+            "weights_int8_bytes": tot_int8,
+            "weights_stored_bytes": tot_stored,
+            "weights_ideal_bytes": tot_ideal,
+            "bias_bytes": tot_bias,
+            "constant_data_bytes": info.buffers_bytes,
+            "flatbuffer_overhead_bytes": len(packed) - info.buffers_bytes,
+            "methods": methods,
+            "saved_bytes_vs_int8": len(int8_bytes) - len(packed),
+        },
+    }

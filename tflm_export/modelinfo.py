@@ -1,0 +1,259 @@
+"""Reading and checking a .tflite flatbuffer in pure Python, before any C++ sees it.
+
+:func:`inspect_model` verifies the bytes (file identifier, every offset the
+reader follows, tensor / buffer / operator-code indices, constant buffer sizes
+against tensor shapes) and returns a :class:`ModelInfo`: the operators in
+execution order with their MACs, the tensors, and which operators the TFLM
+interpreter provides. A truncated or corrupted file raises
+:class:`~tflm_export.errors.CorruptModelError`; an operator TFLM lacks is named
+by :func:`check_tflm_ops` (:class:`~tflm_export.errors.UnsupportedOpError`).
+
+Example::
+
+    from tflm_export import modelinfo
+    info = modelinfo.inspect_model(open("model.tflite", "rb").read())
+    [(op.name, op.macs) for op in info.ops]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tflm_export.errors import CorruptModelError, UnsupportedOpError
+
+# Imported lazily-cheap: the generated schema module has no C++ behind it.
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as _fb
+
+TFLITE_IDENTIFIER = b"TFL3"
+DECODE_OP = "TFLM_DECODE"
+
+#: Builtin operators registered by the TFLM interpreter in the pinned
+#: ``tflite-micro`` package (read from its ``Register_*`` kernels).
+TFLM_BUILTIN_OPS = frozenset(
+    """ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND
+    BROADCAST_ARGS BROADCAST_TO CALL_ONCE CAST CEIL CONCATENATION CONV_2D COS CUMSUM DEPTHWISE_CONV_2D
+    DEPTH_TO_SPACE DEQUANTIZE DIV DYNAMIC_UPDATE_SLICE ELU EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS FILL FLOOR
+    FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND GREATER GREATER_EQUAL HARD_SWISH IF
+    L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOGICAL_AND LOGICAL_NOT LOGICAL_OR LOGISTIC
+    LOG_SOFTMAX MAXIMUM MAX_POOL_2D MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK PAD PADV2 PRELU QUANTIZE
+    READ_VARIABLE REDUCE_ALL REDUCE_MAX REDUCE_MIN RELU RELU6 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR
+    REVERSE_V2 ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND SPACE_TO_DEPTH SPLIT SPLIT_V
+    SQRT SQUARE SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF TANH TRANSPOSE TRANSPOSE_CONV
+    UNIDIRECTIONAL_SEQUENCE_LSTM UNPACK VAR_HANDLE WHILE ZEROS_LIKE""".split()
+)
+#: Custom operators the TFLM interpreter registers.
+TFLM_CUSTOM_OPS = frozenset({DECODE_OP, "CIRCULAR_BUFFER", "TFLite_Detection_PostProcess", "ethos-u"})
+
+_OP_NAMES = {v: k for k, v in vars(_fb.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k for k, v in vars(_fb.TensorType).items() if not k.startswith("_")}
+#: Bits per element of each tensor type (sub-byte types pack).
+TYPE_BITS = {
+    "FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64, "BOOL": 8, "INT16": 16,
+    "INT8": 8, "FLOAT64": 64, "UINT64": 64, "UINT32": 32, "UINT16": 16, "INT4": 4, "BFLOAT16": 16,
+    "INT2": 2, "UINT4": 4, "COMPLEX64": 64, "COMPLEX128": 128,
+}
+
+
+@dataclass
+class TensorInfo:
+    index: int
+    name: str
+    shape: tuple
+    dtype: str
+    buffer: int
+    data_bytes: int                   # bytes of constant data (0 for activations)
+    scales: tuple = ()
+    zero_points: tuple = ()
+    quantized_dimension: int = 0
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data_bytes > 0
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass
+class OpInfo:
+    index: int
+    name: str                         # builtin name, or the custom code
+    inputs: tuple
+    outputs: tuple
+    macs: int = 0                     # multiply-accumulates (conv / depthwise / fully connected)
+    out_elements: int = 0
+    work: int = 0                     # elements the op touches (pool windows, decoded values, ...)
+    weight_tensor: int | None = None
+
+
+@dataclass
+class ModelInfo:
+    size: int
+    tensors: list
+    ops: list
+    inputs: tuple
+    outputs: tuple
+    buffers_bytes: int                # all constant data
+    description: str = ""
+    subgraphs: int = 1
+    op_names: tuple = field(default_factory=tuple)
+
+    def tensor(self, i) -> TensorInfo:
+        return self.tensors[i]
+
+    @property
+    def total_macs(self) -> int:
+        return int(sum(op.macs for op in self.ops))
+
+
+def _op_name(opcode) -> str:
+    code = max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+    if code == _fb.BuiltinOperator.CUSTOM:
+        c = opcode.customCode
+        return c.decode() if isinstance(c, bytes) else str(c)
+    return _OP_NAMES.get(code, f"BUILTIN_{code}")
+
+
+def _s(x) -> str:
+    return x.decode("utf-8", "replace") if isinstance(x, bytes) else (x or "")
+
+
+def _bad(msg):
+    return CorruptModelError(f"not a valid TFLite flatbuffer: {msg}")
+
+
+def inspect_model(model_bytes) -> ModelInfo:
+    """Verify a .tflite flatbuffer and describe it; raises CorruptModelError if it is malformed.
+
+    Example::
+
+        info = inspect_model(artifact.model_bytes)
+        info.total_macs, sorted(set(info.op_names))
+    """
+    if isinstance(model_bytes, (bytearray, memoryview)):
+        model_bytes = bytes(model_bytes)
+    if not isinstance(model_bytes, bytes):
+        raise TypeError(f"model must be bytes, got {type(model_bytes).__name__}")
+    n = len(model_bytes)
+    if n < 16:
+        raise _bad(f"only {n} bytes long")
+    if model_bytes[4:8] != TFLITE_IDENTIFIER:
+        raise _bad(f"file identifier is {model_bytes[4:8]!r}, expected {TFLITE_IDENTIFIER!r} (is this a .tflite file?)")
+    root = int.from_bytes(model_bytes[0:4], "little")
+    if root < 8 or root + 4 > n:
+        raise _bad(f"root table offset {root} outside the {n}-byte file (truncated?)")
+    try:
+        m = _fb.ModelT.InitFromPackedBuf(model_bytes, 0)
+    except Exception as e:  # the generated reader fails with struct / index / value errors
+        raise _bad(f"the flatbuffer cannot be read ({type(e).__name__}: {e}); the file is truncated or corrupted") from None
+
+    if m.version != 3:
+        raise _bad(f"schema version {m.version}, expected 3")
+    if not m.subgraphs:
+        raise _bad("no subgraphs")
+    opcodes = m.operatorCodes or []
+    buffers = m.buffers or []
+    # buffer sizes (inline data, or offset/size for >2 GB files)
+    buf_bytes = []
+    for i, b in enumerate(buffers):
+        if b.offset and b.offset > 1:
+            if b.offset + b.size > n:
+                raise _bad(f"buffer {i} points at bytes {b.offset}..{b.offset + b.size}, past the end ({n})")
+            buf_bytes.append(int(b.size))
+        else:
+            buf_bytes.append(0 if b.data is None else len(b.data))
+
+    sg = m.subgraphs[0]
+    tensors = []
+    for ti, t in enumerate(sg.tensors or []):
+        if not (0 <= t.buffer < max(len(buffers), 1)):
+            raise _bad(f"tensor {ti} refers to buffer {t.buffer}, but there are {len(buffers)} buffers")
+        shape = tuple(int(s) for s in (t.shape if t.shape is not None else []))
+        if any(s < 0 or s > 1 << 28 for s in shape):
+            raise _bad(f"tensor {ti} has an impossible shape {shape}")
+        dtype = _TYPE_NAMES.get(t.type)
+        if dtype is None:
+            raise _bad(f"tensor {ti} has unknown type code {t.type}")
+        data = buf_bytes[t.buffer] if buffers else 0
+        if data and dtype in TYPE_BITS:
+            expect = math.ceil(int(np.prod(shape)) * TYPE_BITS[dtype] / 8)
+            if data != expect:
+                raise _bad(f"tensor {ti} ({_s(t.name)!r}) has {data} data bytes, its {dtype}{list(shape)} needs {expect}")
+        q = t.quantization
+        scales = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else ()))
+        zps = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))
+        qd = int(q.quantizedDimension) if q is not None else 0
+        # (UINT8 skipped: TFLM's LUT compressor leaves the old scales on the encoded tensor)
+        if len(scales) > 1 and dtype != "UINT8" and (qd >= max(len(shape), 1) or shape[qd] != len(scales)):
+            raise _bad(f"tensor {ti} has {len(scales)} scales but shape {shape} along axis {qd}")
+        tensors.append(TensorInfo(ti, _s(t.name), shape, dtype, int(t.buffer), data, scales, zps, qd))
+
+    def idx(lst, what):
+        out = tuple(int(i) for i in (lst if lst is not None else []))
+        for i in out:
+            if i != -1 and not 0 <= i < len(tensors):
+                raise _bad(f"{what} refers to tensor {i}, but the subgraph has {len(tensors)} tensors")
+        return out
+
+    ops = []
+    for oi, op in enumerate(sg.operators or []):
+        if not 0 <= op.opcodeIndex < len(opcodes):
+            raise _bad(f"operator {oi} uses opcode {op.opcodeIndex}, but there are {len(opcodes)} operator codes")
+        name = _op_name(opcodes[op.opcodeIndex])
+        info = OpInfo(oi, name, idx(op.inputs, f"operator {oi} ({name})"), idx(op.outputs, f"operator {oi} ({name})"))
+        _count_work(info, op, tensors)
+        ops.append(info)
+
+    return ModelInfo(
+        size=n, tensors=tensors, ops=ops,
+        inputs=idx(sg.inputs, "subgraph inputs"), outputs=idx(sg.outputs, "subgraph outputs"),
+        buffers_bytes=int(sum(buf_bytes)), description=_s(m.description), subgraphs=len(m.subgraphs),
+        op_names=tuple(o.name for o in ops),
+    )
+
+
+def _count_work(info: OpInfo, op, tensors):
+    outs = [tensors[i] for i in info.outputs if i >= 0]
+    info.out_elements = int(sum(t.elements for t in outs))
+    ins = [tensors[i] if i >= 0 else None for i in info.inputs]
+    if info.name == "CONV_2D" and len(ins) > 1 and ins[1] is not None:
+        o, kh, kw, ci = (ins[1].shape + (1, 1, 1, 1))[:4]
+        info.macs = info.out_elements * kh * kw * ci
+        info.weight_tensor = ins[1].index
+    elif info.name == "DEPTHWISE_CONV_2D" and len(ins) > 1 and ins[1] is not None:
+        _, kh, kw, _ = (ins[1].shape + (1, 1, 1, 1))[:4]
+        info.macs = info.out_elements * kh * kw
+        info.weight_tensor = ins[1].index
+    elif info.name == "FULLY_CONNECTED" and len(ins) > 1 and ins[1] is not None:
+        k = ins[1].shape[-1] if ins[1].shape else 1
+        info.macs = info.out_elements * k
+        info.weight_tensor = ins[1].index
+    elif info.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"):
+        opts = op.builtinOptions
+        win = (getattr(opts, "filterHeight", 1) or 1) * (getattr(opts, "filterWidth", 1) or 1)
+        info.work = info.out_elements * win
+    elif info.name in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN"):
+        info.work = int(sum(t.elements for t in ins[:1] if t is not None))
+    else:
+        info.work = info.out_elements
+
+
+def check_tflm_ops(info: ModelInfo) -> None:
+    """Raise UnsupportedOpError naming every operator the TFLM interpreter does not provide."""
+    missing = []
+    for op in info.ops:
+        ok = op.name in TFLM_BUILTIN_OPS or op.name in TFLM_CUSTOM_OPS
+        if not ok and op.name not in missing:
+            missing.append(op.name)
+    if missing:
+        where = {name: [o.index for o in info.ops if o.name == name] for name in missing}
+        detail = ", ".join(f"{name} (operator #{', #'.join(map(str, idx))})" for name, idx in where.items())
+        raise UnsupportedOpError(
+            f"TFLM has no kernel for {detail}. Replace the layer that produces it "
+            f"(e.g. use ReLU instead of GELU) or register a custom kernel in your firmware.",
+            ops=missing,
+        )

@@ -1,0 +1,233 @@
+"""Storage rules: how many bytes a weight tensor takes under the exporter's packing.
+
+This module is pure Python (no TensorFlow, no flatbuffers) so that a cost model
+can follow exactly what :func:`tflm_export.convert` will store. The exporter
+itself calls :func:`plan_tensor` to choose a method, so the two never disagree.
+
+The rules
+---------
+
+A weight tensor holds ``N`` values in ``C`` output channels; its precision
+group has ``b`` bits on the symmetric narrow-range grid of ``tfjpq.quantizers``
+(``2**b - 1`` distinct values per channel). One tensor has one storage method:
+
+``int8``   ``N`` bytes. Always possible.
+
+``int4``   ``ceil(N / 2)`` bytes, two values a byte, low nibble first
+           (TFLite ``TensorType.INT4``). Only for ``CONV_2D`` and
+           ``DEPTHWISE_CONV_2D`` filters (TFLM rejects per-channel INT4 in
+           ``FULLY_CONNECTED``), and only for ``b <= 4`` (values in [-7, 7]).
+           The exporter rescales each channel (``q = round(v * n / 127)``,
+           ``scale' = scale * 127 / n``) and requantizes the int32 bias.
+           At run time TFLM unpacks the filter into an int8 scratch buffer of
+           ``N`` bytes in the arena (``int4_arena_bytes``).
+
+``lut``    TFLM's look-up-table compression (the ``TFLM_DECODE`` path),
+           one value table per output channel:
+           ``ceil(N * i / 8)`` packed indices with ``i = index_bits`` (1..7),
+           plus the ancillary tensor: a 16-byte header (``LUT_HEADER_BYTES``)
+           and ``C * T`` table bytes, ``T`` = the largest number of distinct
+           values in a channel (``2**b - 1`` for a full ``b``-bit grid, so
+           ``i = b``), plus ``LUT_GRAPH_BYTES`` of flatbuffer bookkeeping (the
+           DECODE operator and two extra tensor records). Possible for any op
+           while ``i <= 7``. At run time the DECODE operator writes the
+           decoded int8 tensor (``N`` bytes) into the arena just before the
+           consumer runs (``lut_arena_bytes``).
+
+``pack="auto"`` takes the smallest of the possible methods by the byte counts
+above (ties prefer int8, then int4); LUT is used only where it really saves
+bytes. ``pack="int8" | "int4" | "lut"`` forces one method wherever it applies;
+tensors it cannot serve stay int8.
+
+Biases are int32: ``4 * C`` bytes (:func:`bias_bytes`). Every flatbuffer
+buffer is aligned to 16 bytes, so each stored buffer may take up to 15 more
+bytes (:func:`aligned`); the figures above leave that padding out.
+
+For a differentiable cost, pass ``exact=False``: the functions then use only
+``+ * /`` (no ``ceil``) and accept tensors (e.g. expected bits from a softmax).
+
+Example::
+
+    from tflm_export import storage
+    p = storage.plan_tensor("CONV_2D", (32, 3, 3, 16), bits=4)
+    p.method, p.weight_bytes, p.arena_bytes     # ('int4', 2304, 4608)
+    storage.plan_tensor("FULLY_CONNECTED", (10, 256), bits=2).method   # 'lut'
+    storage.weight_bytes("lut", n=2560, channels=10, index_bits=2, table_len=3)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+METHODS = ("int8", "int4", "lut")
+PACK_MODES = ("auto",) + METHODS
+
+#: Operators whose filters TFLM accepts as per-channel INT4.
+INT4_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
+#: Operators whose weights the exporter considers for packing at all.
+WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+#: Output-channel axis of each op's weight tensor in the flatbuffer (OHWI, 1HWO, OI).
+CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
+
+LUT_HEADER_BYTES = 16
+LUT_MAX_INDEX_BITS = 7
+#: Flatbuffer bytes a LUT-compressed tensor adds besides data: one DECODE
+#: operator record, the ancillary and decoded tensor records (without names).
+#: Measured on this exporter's output; tensor names come on top (see lut_graph_bytes).
+LUT_GRAPH_BYTES = 160
+INT4_MAX_BITS = 4
+BIAS_BYTES_PER_CHANNEL = 4
+ALIGNMENT = 16
+
+
+def _ceil(x, exact):
+    return int(math.ceil(x)) if exact else x
+
+
+def grid_values(bits: int) -> int:
+    """Distinct values of the symmetric narrow-range ``bits`` grid (``2**bits - 1``; 0 bits -> 1, the zero)."""
+    return 1 if bits == 0 else 2 ** int(bits) - 1
+
+
+def index_bits_for(distinct: int) -> int:
+    """LUT index width that addresses ``distinct`` table entries (at least 1)."""
+    return max(1, int(math.ceil(math.log2(max(int(distinct), 1)))))
+
+
+def int8_bytes(n, exact: bool = True):
+    """Bytes of ``n`` int8 weights."""
+    return n
+
+
+def int4_bytes(n, exact: bool = True):
+    """Bytes of ``n`` INT4 weights packed two a byte."""
+    return _ceil(n / 2, exact)
+
+
+def lut_bytes(n, channels, index_bits, table_len, value_bytes: int = 1, exact: bool = True, graph: bool = True):
+    """Bytes of a per-channel LUT-compressed tensor: indices + header + tables (+ graph records)."""
+    b = _ceil(n * index_bits / 8, exact) + LUT_HEADER_BYTES + channels * table_len * value_bytes
+    return b + (LUT_GRAPH_BYTES if graph else 0)
+
+
+def lut_graph_bytes(tensor_name: str = "") -> int:
+    """Flatbuffer bookkeeping of one LUT tensor, including the two derived tensor names."""
+    n = len(tensor_name.encode()) if tensor_name else 0
+    return LUT_GRAPH_BYTES + (2 * n + len("_decoded") + len("_ancillary") if n else 0)
+
+
+def weight_bytes(method: str, n, channels=1, index_bits=None, table_len=None, exact: bool = True):
+    """Bytes a weight tensor of ``n`` values takes under ``method`` (``int8``/``int4``/``lut``)."""
+    if method == "int8":
+        return int8_bytes(n, exact)
+    if method == "int4":
+        return int4_bytes(n, exact)
+    if method == "lut":
+        if index_bits is None:
+            raise ValueError("lut needs index_bits")
+        if table_len is None:
+            table_len = 2 ** index_bits
+        return lut_bytes(n, channels, index_bits, table_len, exact=exact)
+    raise ValueError(f"unknown storage method {method!r}; choose one of {METHODS}")
+
+
+def bias_bytes(channels) -> int:
+    """Bytes of an int32 bias over ``channels`` output channels."""
+    return BIAS_BYTES_PER_CHANNEL * channels
+
+
+def int4_arena_bytes(n) -> int:
+    """Arena scratch TFLM takes to unpack an INT4 filter of ``n`` values (int8, ``n`` bytes)."""
+    return n
+
+
+def lut_arena_bytes(n, value_bytes: int = 1) -> int:
+    """Arena bytes of the DECODE output of a LUT tensor (alive only around its consumer)."""
+    return n * value_bytes
+
+
+def aligned(nbytes: int, alignment: int = ALIGNMENT) -> int:
+    """``nbytes`` rounded up to the flatbuffer buffer alignment."""
+    return -(-int(nbytes) // alignment) * alignment
+
+
+@dataclass
+class TensorPlan:
+    """The storage chosen for one weight tensor (see :func:`plan_tensor`)."""
+
+    method: str
+    weight_bytes: int
+    storage_bits: int               # bits per stored value: 8, 4 or the LUT index width
+    arena_bytes: int = 0            # extra arena the method needs at run time
+    index_bits: int | None = None   # LUT only
+    table_len: int | None = None    # LUT only
+    candidates: dict = field(default_factory=dict)   # method -> bytes, for every possible method
+    reason: str = ""
+
+
+def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra_graph_bytes: int = 0) -> TensorPlan:
+    """Choose the storage of one weight tensor, exactly as the exporter does.
+
+    Args:
+        op: TFLite operator name of the consumer (``"CONV_2D"``, ``"DEPTHWISE_CONV_2D"``,
+            ``"FULLY_CONNECTED"``; anything else stays int8).
+        shape: weight shape as stored in the flatbuffer (OHWI / 1HWO / OI).
+        bits: grid bits of the tensor, an int or one per output channel (the
+            tensor takes the widest). 0 means a pruned (all-zero) channel.
+        distinct: largest number of distinct values in a channel, if known
+            (defaults to the full grid, ``2**bits - 1``).
+        pack: ``"auto"``, or ``"int8"`` / ``"int4"`` / ``"lut"`` to force one method.
+        extra_graph_bytes: bytes a LUT tensor adds on top of ``LUT_GRAPH_BYTES``
+            (e.g. its derived tensor names).
+
+    Returns:
+        A :class:`TensorPlan`.
+
+    Example::
+
+        plan_tensor("DEPTHWISE_CONV_2D", (1, 3, 3, 64), bits=[2] * 32 + [4] * 32).method   # 'int4'
+    """
+    if pack not in PACK_MODES:
+        raise ValueError(f"pack must be one of {PACK_MODES}, got {pack!r}")
+    shape = tuple(int(s) for s in shape)
+    n = 1
+    for s in shape:
+        n *= s
+    b = int(max(bits)) if hasattr(bits, "__len__") else int(bits)
+    b = max(b, 1) if b == 0 else b
+    axis = CHANNEL_AXIS.get(op)
+    channels = shape[axis] if axis is not None and shape else 1
+    if distinct is None:
+        distinct = grid_values(b) if b < 8 else 255
+    distinct = max(int(distinct), 1)
+    ib = index_bits_for(distinct)
+
+    cands = {"int8": n}
+    if op in INT4_OPS and b <= INT4_MAX_BITS:
+        cands["int4"] = int4_bytes(n)
+    if op in WEIGHT_OPS and ib <= LUT_MAX_INDEX_BITS and axis is not None:
+        cands["lut"] = lut_bytes(n, channels, ib, distinct) + int(extra_graph_bytes)
+
+    def make(method, reason):
+        if method == "int8":
+            return TensorPlan("int8", n, 8, 0, candidates=cands, reason=reason)
+        if method == "int4":
+            return TensorPlan("int4", cands["int4"], 4, int4_arena_bytes(n), candidates=cands, reason=reason)
+        return TensorPlan("lut", cands["lut"], ib, lut_arena_bytes(n), ib, distinct, candidates=cands, reason=reason)
+
+    if op not in WEIGHT_OPS:
+        return make("int8", f"{op} weights are not packed")
+    if pack == "int8":
+        return make("int8", "forced int8")
+    if pack in ("int4", "lut"):
+        if pack in cands:
+            return make(pack, f"forced {pack}")
+        why = ("INT4 needs a CONV_2D/DEPTHWISE_CONV_2D filter on a <=4-bit grid" if pack == "int4"
+               else f"LUT needs <= {LUT_MAX_INDEX_BITS} index bits ({distinct} distinct values per channel)")
+        return make("int8", f"forced {pack} does not apply: {why}")
+    order = ("int8", "int4", "lut")
+    best = min((m for m in order if m in cands), key=lambda m: (cands[m], order.index(m)))
+    if best == "int8":
+        return make("int8", f"{b}-bit grid: no method smaller than int8")
+    return make(best, f"{b}-bit grid: {best} is smallest ({cands[best]} vs {n} bytes int8)")
