@@ -208,10 +208,6 @@ class _Graph:
 
     def _propagate(self, layer, inputs, chans):
         name = layer.name
-        if isinstance(layer, keras.Model):
-            raise _unsupported(layer, "nested models are not supported; build the model flat (one functional graph)")
-        if getattr(layer, "data_format", "channels_last") == "channels_first":
-            raise _unsupported(layer, "only channels_last layers are supported")
         seen = self.info.get(name)
         if isinstance(layer, _CONV + _DENSE):
             if getattr(layer, "groups", 1) != 1:
@@ -266,14 +262,9 @@ class _Graph:
                 if len(target) != 1 or target[0] not in (-1, int(np.prod(shape[1:]))):
                     raise _unsupported(layer, f"Reshape to {target} mixes the channel axis; only flattening is supported")
             return chan.scaled(int(np.prod(spatial)) if spatial else 1)
-        if isinstance(layer, _SAME_CHANNELS):
-            if len(chans) != 1:
-                raise _unsupported(layer, f"expected one input, got {len(chans)}")
-            return chans[0]
-        raise _unsupported(
-            layer,
-            "crop does not know how this layer changes the channel count. Supported: " + ", ".join(SUPPORTED),
-        )
+        if len(chans) != 1:
+            raise _unsupported(layer, f"expected one input, got {len(chans)}")
+        return chans[0]  # a _SAME_CHANNELS layer
 
     def _note_other(self, layer, inputs, chans):
         if layer.name in self.info or not layer.weights:
@@ -283,6 +274,25 @@ class _Graph:
         ch = int(inputs[0].shape[-1])
         params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
         self.info[layer.name] = _LayerInfo(layer, "other", chans[0].segs, in_channels=ch, other_params=params)
+
+
+def _check_supported(layer):
+    """Raise, naming the layer and its class, unless crop knows how the layer treats channels."""
+    if isinstance(layer, keras.Model):
+        raise _unsupported(layer, "nested models are not supported; build the model flat (one functional graph)")
+    known = _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _RESHAPE + _SAME_CHANNELS
+    if not isinstance(layer, known):
+        raise _unsupported(
+            layer,
+            "crop does not know how this layer changes the channel count. Supported: " + ", ".join(SUPPORTED),
+        )
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        raise _unsupported(layer, "only channels_last layers are supported")
+
+
+def _probe_clone(layer):
+    _check_supported(layer)
+    return layer.__class__.from_config(layer.get_config())
 
 
 def _functional(model):
@@ -304,7 +314,7 @@ def _functional(model):
 
 def _analyse(model):
     g = _Graph()
-    probe = keras.models.clone_model(model, call_function=g.call)
+    probe = keras.models.clone_model(model, clone_function=_probe_clone, call_function=g.call)
     for t in keras.tree.flatten(probe.outputs):
         for grp, _ in g.desc[id(t)].segs:
             g.fixed_roots.add(g.find(grp))
@@ -381,21 +391,22 @@ def _widths_from_multipliers(g, roots, a, min_channels):
 
 
 BALANCE = 0.1  # weight of the pull toward sqrt(density), relative to the per-layer fit
+MIN_DENSITY = 1e-3
 
 
 def _solve_log_multipliers(g, roots, dens):
-    """Weighted least squares in log space (see the module docstring)."""
+    """Weighted least squares in log space, with log a <= 0 (see the module docstring)."""
     if not roots:
         return np.zeros(0)
     index = {r: i for i, r in enumerate(roots)}
     rows, rhs, weights = [], [], []
-    touching = np.zeros(len(roots))  # kernel weights of the layers that read or write each group
+    touching = np.zeros(len(roots))  # kept weights of the layers that read or write each group
     produced = np.zeros(len(roots))
-    produced_logd = np.zeros(len(roots))
+    produced_kept = np.zeros(len(roots))
     for name, info in g.info.items():
         if info.kind not in ("source", "depthwise"):
             continue
-        d = min(max(float(dens.get(name, 1.0)), 1e-3), 1.0)
+        d = min(max(float(dens.get(name, 1.0)), 0.0), 1.0)
         n = _layer_kernel(g, info)
         row = np.zeros(len(roots))
         if info.kind == "source":
@@ -403,26 +414,37 @@ def _solve_log_multipliers(g, roots, dens):
             if r in index:
                 row[index[r]] += 1.0
                 produced[index[r]] += n
-                produced_logd[index[r]] += n * math.log(d)
+                produced_kept[index[r]] += n * d
         cin = g.channels(info.in_segs)
         for grp, f in info.in_segs:
             r = g.find(grp)
             if r in index:
                 row[index[r]] += f * g.width[r] / cin
-        touching += n * (row != 0)
+        touching += n * d * (row != 0)
         rows.append(row)
-        rhs.append(math.log(d))
-        weights.append(math.sqrt(n))
-    # The balance rows: each group toward sqrt(its producers' mean density). They only
-    # decide directions the per-layer fit leaves open (e.g. wide/narrow alternation in a chain).
+        rhs.append(math.log(max(d, MIN_DENSITY)))
+        weights.append(math.sqrt(n * d))  # by kept weights: a layer pruned away just follows its neighbours
+    # The balance rows: each group toward sqrt(its producers' density). They decide the
+    # directions the per-layer fit leaves open (e.g. wide/narrow alternation in a chain).
     for i in range(len(roots)):
         row = np.zeros(len(roots))
         row[i] = 1.0
         rows.append(row)
-        rhs.append(0.5 * produced_logd[i] / produced[i] if produced[i] else 0.0)
+        d_bar = produced_kept[i] / produced[i] if produced[i] else 1.0
+        rhs.append(0.5 * math.log(max(d_bar, MIN_DENSITY)))
         weights.append(math.sqrt(BALANCE * max(touching[i], 1.0)))
     w = np.asarray(weights)
-    x, *_ = np.linalg.lstsq(np.asarray(rows) * w[:, None], np.asarray(rhs) * w, rcond=None)
+    a_mat, b_vec = np.asarray(rows) * w[:, None], np.asarray(rhs) * w
+    # Active set for the bound log a <= 0 (no layer grows): pin violators at 0, re-solve.
+    free = np.ones(len(roots), bool)
+    x = np.zeros(len(roots))
+    for _ in range(len(roots) + 1):
+        x[:] = 0.0
+        if free.any():
+            x[free], *_ = np.linalg.lstsq(a_mat[:, free], b_vec, rcond=None)
+        if not (x > 1e-12).any():
+            break
+        free &= x <= 1e-12
     return np.minimum(x, 0.0)
 
 
