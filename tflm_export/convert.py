@@ -181,17 +181,23 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
 def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans, notes, arena) -> dict:
     """Per-tensor storage (bits, bytes, method) and totals, as written to report.json."""
     rows = []
-    tot_int8 = tot_stored = tot_ideal = tot_bias = 0
+    tot_int8 = tot_stored = tot_ideal = tot_bias = tot_measured = 0
+    by_name = {}
+    for t in info.tensors:
+        if t.data_bytes and t.name not in by_name:
+            by_name[t.name] = t.data_bytes
     for w in weights:
         p = plans[w.tensor_index]
         bits_hist = {str(b): int((w.channel_bits == b).sum()) for b in sorted(set(w.channel_bits.tolist()))}
         ideal = sum(int(np.prod(w.shape)) // w.channels * int(b) for b in w.channel_bits) / 8.0
         bias = base_info.tensors[w.bias_index] if w.bias_index is not None else None
         bias_b = bias.data_bytes if bias is not None else 0
+        measured = by_name.get(w.name, 0) + (by_name.get(w.name + "_ancillary", 0) if p.method == "lut" else 0)
         rows.append({
             "tensor": w.name, "layer": w.layer, "op": w.op, "shape": list(w.shape), "channels": w.channels,
             "grid_bits": w.bits, "channel_bits": bits_hist, "forced_bits": w.forced_bits,
             "method": p.method, "stored_bits": p.storage_bits, "stored_bytes": int(p.weight_bytes),
+            "measured_data_bytes": int(measured),
             "int8_bytes": int(np.prod(w.shape)), "ideal_bytes": ideal,
             "index_bits": p.index_bits, "table_len": p.table_len, "arena_extra_bytes": int(p.arena_bytes),
             "bias_bytes": int(bias_b), "candidates": p.candidates, "reason": p.reason,
@@ -201,6 +207,7 @@ def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans
         tot_stored += int(p.weight_bytes)
         tot_ideal += ideal
         tot_bias += bias_b
+        tot_measured += measured
     methods = {}
     for r in rows:
         methods[r["method"]] = methods.get(r["method"], 0) + 1
@@ -219,6 +226,7 @@ def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans
             "weights_int8_bytes": tot_int8,
             "weights_stored_bytes": tot_stored,
             "weights_ideal_bytes": tot_ideal,
+            "weights_measured_data_bytes": tot_measured,
             "bias_bytes": tot_bias,
             "constant_data_bytes": info.buffers_bytes,
             "flatbuffer_overhead_bytes": len(packed) - info.buffers_bytes,

@@ -322,7 +322,12 @@ def apply(model_bytes: bytes, weights, plans: dict, regrid_only: bool = False) -
     lut = [(idx, p) for idx, p in plans.items() if p.method == "lut"]
     if not changed and not lut:
         return model_bytes, notes
-    out = bytes(model.build()) if changed else model_bytes
+    if changed:
+        # drop the replaced int8 buffers (read() keeps the whole buffer table) before building
+        me.prune_buffers(model)
+        out = bytes(model.build())
+    else:
+        out = model_bytes
     if lut:
         from tflite_micro.tensorflow.lite.micro.compression import spec
         from tflite_micro.tensorflow.lite.micro.compression.compress import compress as lut_compress

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflm_export import modelinfo
 from tflm_export.errors import TFLMRuntimeError
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
@@ -58,14 +59,27 @@ def _signal_name(rc):
         return f"signal {-rc}"
 
 
+def generous_arena(info) -> int:
+    """An arena surely large enough to run the model once: every non-constant tensor, every weight
+    unpacked to int8 (INT4 scratch / DECODE outputs), plus 64 KiB of bookkeeping."""
+    import math
+
+    act = sum(math.ceil(t.elements * modelinfo.TYPE_BITS.get(t.dtype, 32) / 8)
+              for t in info.tensors if not t.is_constant)
+    weights = sum(t.elements for t in info.tensors if t.is_constant)
+    return int(act + weights + 64 * 1024)
+
+
 def run_tflm(model_bytes: bytes, inputs, num_outputs: int, arena_size: int | None = None,
              verify_minimal: bool = True, timeout: float = 600.0) -> TFLMRun:
     """Run ``inputs`` (list of typed arrays, one per model input, leading sample axis) through TFLM.
 
+    ``arena_size`` is the arena the interpreter gets for the run (default: :func:`generous_arena`);
+    the reported ``arena_bytes`` is the minimum measured, whatever was handed over.
     Raises TFLMRuntimeError (with TFLM's own messages) when loading or invoking fails or the child dies.
     """
     if arena_size is None:
-        arena_size = max(64 * 1024, 4 * len(model_bytes) + 256 * 1024)
+        arena_size = generous_arena(modelinfo.inspect_model(model_bytes))
     job = tempfile.mkdtemp(prefix="tflm_job_")
     try:
         with open(os.path.join(job, "model.tflite"), "wb") as f:
