@@ -230,7 +230,7 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
     outputs = [tensors[id(t)] for t in model.outputs]
     return SearchModel(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
                        outputs=outputs if len(outputs) > 1 else outputs[0],
-                       cost=cost_lib.serialize(cost_model), strength=strength, name=f"{model.name}_search")
+                       cost=cost_model, strength=strength, name=f"{model.name}_search")
 
 
 def _group_bits(theta_tensor):

@@ -117,7 +117,7 @@ def bn_loss(model, x, batch_size=None, input_stats=(0.0, 1.0)):
 
 
 def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed=0, verbose=1,
-            input_stats=(0.0, 1.0), jit_compile=True):
+            input_stats=(0.0, 1.0), input_range=None, jit_compile=True):
     """Data-free inputs for ``model``: Gaussian noise optimised to match every BN's running statistics.
 
     Args:
@@ -134,7 +134,13 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         verbose: 0 silent, 1 a progress bar, 2 one line every 100 steps.
         input_stats: ``(mean, std)`` the input term pulls every input channel
             toward; ``None`` drops the input term. The default ``(0, 1)`` is the
-            paper's; pass your preprocessing's statistics if you know them.
+            paper's, for inputs standardised per channel. For inputs scaled
+            to [0, 1] (pixels / 255) it fights the first BN and leaves outlier
+            pixels that stretch the int8 input range: pass ``None`` (or
+            your preprocessing's mean and std) there.
+        input_range: ``(low, high)`` the inputs are clipped to after every
+            step (projected Adam), e.g. ``(0, 1)`` for pixels / 255. It is
+            knowledge of the preprocessing, not data. ``None``: no clipping.
         jit_compile: compile the step with XLA.
 
     Returns:
@@ -170,6 +176,11 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
     t = tf.Variable(0.0, name="zeroq_adam_t")
     b1, b2, eps = 0.9, 0.999, 1e-8
     lr = float(lr)
+    lo = hi = None
+    if input_range is not None:
+        lo, hi = (float(v) for v in input_range)
+        if not lo < hi:
+            raise ValueError(f"input_range must be (low, high) with low < high, got {input_range}")
 
     @tf.function(jit_compile=jit_compile)
     def step():
@@ -183,6 +194,8 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         mhat = m / (1 - tf.pow(b1, t))
         vhat = v / (1 - tf.pow(b2, t))
         x.assign_sub(lr * mhat / (tf.sqrt(vhat) + eps))
+        if lo is not None:
+            x.assign(tf.clip_by_value(x, lo, hi))
         return loss
 
     out = []
@@ -190,7 +203,10 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
     bar = keras.utils.Progbar(total, stateful_metrics=["loss"], verbose=1) if verbose == 1 else None
     start = time.perf_counter()
     for b in range(n_batches):
-        x.assign(rng.standard_normal(shape).astype(np.float32))
+        x0 = rng.standard_normal(shape).astype(np.float32)
+        if lo is not None:  # start inside the range: Gaussian around its middle
+            x0 = np.clip((lo + hi) / 2 + x0 * (hi - lo) / 4, lo, hi)
+        x.assign(x0)
         m.assign(tf.zeros(shape))
         v.assign(tf.zeros(shape))
         t.assign(0.0)

@@ -1,0 +1,78 @@
+"""Training the search: the cost really pulls the model smaller; callbacks; separate arch optimizer."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfjpq
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _search(model, x, y, strength, epochs=4, **fit_kwargs):
+    search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", strength=strength)
+    search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"],
+                   arch_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    history = search.fit(x, y, epochs=epochs, batch_size=64, verbose=0, **fit_kwargs)
+    return search, history
+
+
+def test_strong_strength_prunes_and_lowers_cost_weak_keeps_accuracy(trained_small_cnn, digits):
+    (x, y), (xt, yt) = digits
+    start = tfjpq.profile(tfjpq.wrap(trained_small_cnn)).totals
+    weak, _ = _search(trained_small_cnn, x, y, strength=0.0)
+    strong, hist = _search(trained_small_cnn, x, y, strength=1e-3)
+    w, s = tfjpq.profile(weak).totals, tfjpq.profile(strong).totals
+    assert s["channels_kept"] < start["channels_kept"]  # channels were pruned
+    assert s["bits_histogram"].get(0, 0) > 0
+    assert s["weight_bytes"] < 0.5 * w["weight_bytes"]
+    assert hist.history["cost"][-1] < hist.history["cost"][0]
+    # without cost pressure, accuracy stays that of a quantized trained model
+    acc = (weak.predict(xt, verbose=0).argmax(1) == yt).mean()
+    assert acc > 0.9
+
+
+def test_arch_optimizer_trains_only_logits_with_its_own_rule(trained_small_cnn, digits):
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, strength=1e-4)
+    kernel_before = search.get_layer("conv1").kernel.numpy().copy()
+    alpha_before = search.get_layer("conv1_wbits").alpha.numpy().copy()
+    search.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS,  # weights frozen by a zero learning rate
+                   arch_optimizer=keras.optimizers.SGD(0.1))
+    search.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    np.testing.assert_array_equal(search.get_layer("conv1").kernel.numpy(), kernel_before)
+    assert np.abs(search.get_layer("conv1_wbits").alpha.numpy() - alpha_before).max() > 1e-4
+
+
+def test_callbacks_schedule_and_log(trained_small_cnn, digits, tmp_path):
+    (x, y), _ = digits
+    logger = tfjpq.callbacks.SearchLogger(verbose=0, log_dir=str(tmp_path / "tfjpq"))
+    tb = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb"))
+    search, hist = _search(
+        trained_small_cnn, x[:512], y[:512], strength=1e-4, epochs=3,
+        callbacks=[tfjpq.callbacks.StrengthWarmup(epochs=2), tfjpq.callbacks.TemperatureDecay(rate=0.5),
+                   logger, tb],
+    )
+    h = hist.history
+    for key in ("cost", "kept", "bits_0", "bits_8", "size_bytes", "kept_fraction", "temperature", "strength"):
+        assert key in h and len(h[key]) == 3, key
+    assert h["strength"] == pytest.approx([0.0, 5e-5, 1e-4])
+    assert search.strength == pytest.approx(1e-4)
+    np.testing.assert_allclose(h["temperature"], np.exp(-0.5 * np.arange(1, 4)), rtol=1e-5)
+    assert float(search.get_layer("conv1_wbits").temperature.numpy()) == pytest.approx(np.exp(-1.5), rel=1e-5)
+    # kept + pruned channels account for every channel, every epoch
+    total = sum(c.channels for c in search.precision_choices())
+    np.testing.assert_allclose(np.array(h["kept"]) + np.array(h["bits_0"]), total)
+    assert len(logger.records) == 3 and logger.records[-1]["rows"][0]["name"] == "conv1"
+    assert os.listdir(tmp_path / "tfjpq") and os.listdir(tmp_path / "tb" / "train")
+
+
+@pytest.mark.parametrize("mode", ["hard", "gumbel"])
+def test_hard_and_gumbel_modes_train(mode, trained_small_cnn, digits):
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, mode=mode, strength=1e-4)
+    search.compile(optimizer="adam", loss=LOSS)
+    hist = search.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0)
+    assert np.all(np.isfinite(hist.history["loss"]))
