@@ -62,7 +62,7 @@ class _Objective:
         self.input_shape = _graph.single_input_shape(model, "zeroq.distill")
         pairs = _bn_nodes(model)
         self.bn_names = [bn.name for bn, _ in pairs]
-        self.features = keras.Model(model.inputs, [t for _, t in pairs], name=f"{model.name}_bn_inputs")
+        self.features = keras.Model(model.inputs[0], [t for _, t in pairs], name=f"{model.name}_bn_inputs")
         self.targets = []
         for bn, t in pairs:
             rank = len(t.shape)
@@ -117,7 +117,8 @@ def bn_loss(model, x, batch_size=None, input_stats=(0.0, 1.0)):
 
 
 def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed=0, verbose=1,
-            input_stats=(0.0, 1.0), input_range=None, jit_compile=True):
+            input_stats=(0.0, 1.0), input_range=None, tol=1e-3, patience=50, jit_compile=False,
+            return_info=False):
     """Data-free inputs for ``model``: Gaussian noise optimised to match every BN's running statistics.
 
     Args:
@@ -141,10 +142,19 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         input_range: ``(low, high)`` the inputs are clipped to after every
             step (projected Adam), e.g. ``(0, 1)`` for pixels / 255. It is
             knowledge of the preprocessing, not data. ``None``: no clipping.
-        jit_compile: compile the step with XLA.
+        tol, patience: stop a batch early once the best loss of the last
+            ``patience`` steps improves on the best before by less than
+            ``tol`` (relative); checked every ``patience`` steps from step
+            ``2 * patience`` on. ``tol=0`` always runs ``iterations`` steps.
+        jit_compile: compile the step with XLA (about 5 s of compilation;
+            pays off for bigger models and many iterations).
+        return_info: also return a dict with the ``steps`` run, the
+            ``initial_loss`` / ``final_loss`` per batch, every step's loss
+            (``losses``) and the wall ``seconds``.
 
     Returns:
-        ``np.ndarray`` of shape ``(num_samples,) + model input shape``, float32.
+        ``np.ndarray`` of shape ``(num_samples,) + model input shape``, float32
+        (with ``return_info``: ``(array, info)``).
 
     Raises:
         ValueError: the model has no BatchNormalization layer, more than one
@@ -158,6 +168,8 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         model = zoo.small_cnn()           # train it first
         x_syn = tfjpq.zeroq.distill(model, num_samples=64, iterations=500)
         x_syn.shape                       # (64, 8, 8, 1)
+        # inputs scaled to [0, 1] (pixels / 255): say so, it keeps the int8 input range right
+        x_syn = tfjpq.zeroq.distill(model, input_range=(0, 1))
     """
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be >= 2 (batch statistics need a batch), got {num_samples}")
@@ -198,10 +210,11 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
             x.assign(tf.clip_by_value(x, lo, hi))
         return loss
 
-    out = []
+    out, info = [], {"steps": [], "initial_loss": [], "final_loss": [], "losses": []}
     total = n_batches * iterations
     bar = keras.utils.Progbar(total, stateful_metrics=["loss"], verbose=1) if verbose == 1 else None
     start = time.perf_counter()
+    window = int(patience)
     for b in range(n_batches):
         x0 = rng.standard_normal(shape).astype(np.float32)
         if lo is not None:  # start inside the range: Gaussian around its middle
@@ -210,15 +223,31 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         m.assign(tf.zeros(shape))
         v.assign(tf.zeros(shape))
         t.assign(0.0)
+        losses = []
         for i in range(iterations):
-            loss = step()
+            losses.append(float(step()))
             done = b * iterations + i + 1
-            if bar is not None and (i % 10 == 9 or i == iterations - 1):
-                bar.update(done, values=[("loss", float(loss))])
-            elif verbose == 2 and (i % 100 == 0 or i == iterations - 1):
+            stop = (tol > 0 and window > 0 and len(losses) >= 2 * window and len(losses) % window == 0
+                    and min(losses[:-window]) - min(losses[-window:]) < tol * min(losses[:-window]))
+            if bar is not None and (i % 10 == 9 or i == iterations - 1 or stop):
+                bar.update(done, values=[("loss", losses[-1])])
+            elif verbose == 2 and (i % 100 == 0 or i == iterations - 1 or stop):
                 print(f"zeroq.distill: batch {b + 1}/{n_batches} step {i + 1}/{iterations} "
-                      f"loss {float(loss):.4g} ({time.perf_counter() - start:.1f} s)", flush=True)
+                      f"loss {losses[-1]:.4g} ({time.perf_counter() - start:.1f} s)", flush=True)
+            if stop:
+                if bar is not None:
+                    bar.update((b + 1) * iterations, values=[("loss", losses[-1])])
+                break
+        info["steps"].append(len(losses))
+        if losses:
+            info["initial_loss"].append(losses[0])
+            info["final_loss"].append(float(obj.loss(x)))
+        info["losses"].append(losses)
         out.append(x.numpy())
     if iterations == 0 and bar is not None:
         bar.update(total)
-    return np.concatenate(out)[:num_samples]
+    info["seconds"] = time.perf_counter() - start
+    if verbose == 2:
+        print(f"zeroq.distill: {num_samples} samples, {sum(info['steps'])} steps in {info['seconds']:.1f} s", flush=True)
+    x_out = np.concatenate(out)[:num_samples]
+    return (x_out, info) if return_info else x_out
