@@ -1,6 +1,8 @@
 """Reference TinyML model builders (Keras 3 functional), used by examples, tests and benchmarks.
 
 Shapes follow the MLPerf Tiny reference models, scaled by ``width``.
+BatchNorm layers use momentum 0.9 (Keras' default 0.99 needs thousands of
+steps before its moving statistics are usable, more than small data sets give).
 
 Example::
 
@@ -14,16 +16,18 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+BN_MOMENTUM = 0.9
+
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, width=16, seed=0):
     """Conv-BN-ReLU x2, pooling, Dense. Tiny and quick; the tests' workhorse."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input(input_shape, name="input")
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="conv1")(inp)
-    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="bn1")(x)
     x = layers.ReLU(name="relu1")(x)
     x = layers.Conv2D(2 * width, 3, padding="same", use_bias=False, name="conv2")(x)
-    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="bn2")(x)
     x = layers.ReLU(name="relu2")(x)
     x = layers.MaxPooling2D(2, name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -33,13 +37,13 @@ def small_cnn(input_shape=(8, 8, 1), num_classes=10, width=16, seed=0):
 
 def _res_block(x, filters, stride, name):
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
     if stride != 1 or x.shape[-1] != filters:
         s = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_short")(x)
-        s = layers.BatchNormalization(name=f"{name}_short_bn")(s)
+        s = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_short_bn")(s)
     else:
         s = x
     y = layers.Add(name=f"{name}_add")([y, s])
@@ -51,7 +55,7 @@ def resnet8(input_shape=(32, 32, 3), num_classes=10, width=16, seed=0):
     keras.utils.set_random_seed(seed)
     inp = keras.Input(input_shape, name="input")
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inp)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = _res_block(x, width, 1, "block1")
     x = _res_block(x, 2 * width, 2, "block2")
@@ -66,14 +70,14 @@ def ds_cnn(input_shape=(28, 28, 1), num_classes=10, width=32, blocks=3, seed=0):
     keras.utils.set_random_seed(seed)
     inp = keras.Input(input_shape, name="input")
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem")(inp)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for i in range(blocks):
         x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
-        x = layers.BatchNormalization(name=f"dw{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dw{i}_bn")(x)
         x = layers.ReLU(name=f"dw{i}_relu")(x)
         x = layers.Conv2D(width, 1, use_bias=False, name=f"pw{i}")(x)
-        x = layers.BatchNormalization(name=f"pw{i}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"pw{i}_bn")(x)
         x = layers.ReLU(name=f"pw{i}_relu")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.2, name="drop")(x)

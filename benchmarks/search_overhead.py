@@ -1,0 +1,86 @@
+"""Epoch time of the search model vs the same float model, side by side in one run.
+
+    python benchmarks/search_overhead.py            # ResNet-8 shape on MNIST-5k
+    python benchmarks/search_overhead.py --repeats 5
+
+Both models train on the same data with the same batch size; epochs alternate
+(float, search, float, search, ...) after one warm-up epoch each, so machine
+noise hits both alike. The figure is the ratio of median epoch times; the
+target is at most 1.5x. Results go to benchmarks/results/search_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+import tfjpq  # noqa: E402
+from tfjpq import datasets, zoo  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def timed_epoch(model, x, y, batch_size):
+    t = time.perf_counter()
+    model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weight-bits", default="0,2,4,8")
+    p.add_argument("--act-bits", default="8")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "search_overhead.json"))
+    args = p.parse_args(argv)
+    (x, y), _ = datasets.load(args.dataset)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    float_model = zoo.resnet8(input_shape=x.shape[1:])
+    float_model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    wbits = tuple(int(b) for b in args.weight_bits.split(","))
+    abits = tuple(int(b) for b in args.act_bits.split(","))
+    search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=1e-6)
+    search.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
+                   arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
+
+    print(f"warm-up (trace + first epoch) on {args.dataset}, {len(x)} images ...", flush=True)
+    timed_epoch(float_model, x, y, args.batch_size)
+    timed_epoch(search, x, y, args.batch_size)
+    times = {"float": [], "search": []}
+    for r in range(args.repeats):
+        for name, model in (("float", float_model), ("search", search)):
+            times[name].append(timed_epoch(model, x, y, args.batch_size))
+        print(f"repeat {r + 1}/{args.repeats}: float {times['float'][-1]:.2f} s, search {times['search'][-1]:.2f} s",
+              flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["search"] / med["float"]
+    result = {
+        "benchmark": "search_overhead", "model": "resnet8", "dataset": args.dataset, "images": int(len(x)),
+        "weight_bits": list(wbits), "act_bits": list(abits), "batch_size": args.batch_size,
+        "epoch_seconds": times, "median_seconds": med, "ratio": ratio, "target_ratio": 1.5,
+        "meets_target": ratio <= 1.5, "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    }
+    print(f"median epoch: float {med['float']:.2f} s, search {med['search']:.2f} s -> ratio {ratio:.2f}x "
+          f"(target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
