@@ -19,7 +19,8 @@ See docs/zeroq.md.
 """
 
 from tfjpq.zeroq.distill import bn_loss, distill  # noqa: F401
-from tfjpq.zeroq.pareto import Frontier, Plan, pareto, uniform_plan  # noqa: F401
+from tfjpq.zeroq.pareto import Frontier, Plan, pareto, tflm_cost, uniform_plan  # noqa: F401
 from tfjpq.zeroq.sensitivity import Sensitivity, sensitivity  # noqa: F401
 
-__all__ = ["distill", "bn_loss", "sensitivity", "Sensitivity", "pareto", "Plan", "Frontier", "uniform_plan"]
+__all__ = ["distill", "bn_loss", "sensitivity", "Sensitivity", "pareto", "Plan", "Frontier", "uniform_plan",
+           "tflm_cost"]

@@ -3,8 +3,17 @@
 The problem: choose ``b_i`` in ``bits`` for every layer ``i`` to minimise
 ``sum_i S_i(b_i)`` (the sensitivities of :func:`tfjpq.zeroq.sensitivity`,
 assumed additive as in the paper) subject to ``sum_i bytes_i(b_i) <= budget``,
-where ``bytes_i(b) = ceil(params_i * b / 8)`` is the packed kernel size
-(biases and per-channel scales are the same for every plan and not counted).
+where ``bytes_i(b)`` is the kernel's storage at ``b`` bits (biases and
+per-channel scales are the same for every plan and not counted). Two costs:
+
+* ``cost="ideal"`` (default): ``ceil(params_i * b / 8)``, every bit counted.
+* ``cost="tflm"``: the bytes ``tflm_export.convert`` really stores for the
+  tensor, from :func:`tflm_export.storage.plan_tensor` (int8 for 5-8 bits,
+  INT4 for conv / depthwise at <= 4 bits, LUT compression where it is smaller,
+  e.g. Dense below 8 bits, or conv at 2-3 bits when the tables pay off). A LUT
+  tensor's flatbuffer record also carries two derived tensor names (about 100
+  bytes, known only after conversion); that is left out.
+* or a callable ``cost(name, class_name, kernel_shape, bits) -> bytes``.
 
 It is a multiple-choice knapsack, solved exactly by dynamic programming over
 size bins:
@@ -119,10 +128,11 @@ class Frontier(list):
     ``frontier.plot("f.png")`` draws it.
     """
 
-    def __init__(self, entries, sens: Sensitivity, bin_bytes: int):
+    def __init__(self, entries, sens: Sensitivity, bin_bytes: int, cost="ideal"):
         super().__init__(entries)
         self.sens = sens
         self.bin_bytes = bin_bytes
+        self.cost = cost
 
     def plan_for(self, budget_bytes: int) -> Plan:
         fits = [e for e in self if e[0] <= budget_bytes]
@@ -142,12 +152,12 @@ class Frontier(list):
         ax.plot(xs, ys, ".", color="tab:blue", ms=3, label="mixed precision (DP frontier)")
         if uniform:
             for b in self.sens.bits:
-                p = uniform_plan(self.sens, b)
+                p = uniform_plan(self.sens, b, self.cost)
                 ax.plot([p.bytes], [max(p.sensitivity, 1e-12)], "o", color="tab:red", ms=6)
                 ax.annotate(f"uniform {b}b", (p.bytes, max(p.sensitivity, 1e-12)), fontsize=8,
                             textcoords="offset points", xytext=(4, 4))
         ax.set_yscale("log")
-        ax.set_xlabel("weight bytes")
+        ax.set_xlabel(f"weight bytes (cost={self.cost if isinstance(self.cost, str) else 'custom'})")
         ax.set_ylabel("total sensitivity (sum of KL)")
         ax.set_title("ZeroQ Pareto frontier")
         ax.legend(fontsize=8)
@@ -170,21 +180,70 @@ def _save(fig, path):
     return fig
 
 
-def _make_plan(sens: Sensitivity, choice: dict, budget=None) -> Plan:
-    lb = {n: sens.weight_bytes(n, choice[n]) for n in sens.layers}
+_TFLITE_OPS = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
+
+
+def _tflite_shape(cls: str, shape: tuple) -> tuple:
+    """The Keras kernel shape as the flatbuffer stores it (OHWI, 1HWO, OI)."""
+    if cls == "Conv2D":
+        kh, kw, cin, cout = shape
+        return (cout, kh, kw, cin)
+    if cls == "DepthwiseConv2D":
+        kh, kw, cin, mult = shape
+        return (1, kh, kw, cin * mult)
+    if cls == "Dense":
+        return (shape[1], shape[0])
+    raise ValueError(f"no TFLite storage rule for layer class {cls}")
+
+
+def tflm_cost(name: str, cls: str, shape: tuple, bits: int) -> int:
+    """Bytes ``tflm_export`` stores for this kernel at ``bits`` (see :mod:`tflm_export.storage`)."""
+    try:
+        from tflm_export import storage
+    except ImportError as e:  # pragma: no cover - same distribution
+        raise ImportError("cost='tflm' needs the tflm_export package (shipped with tfjpq)") from e
+    return int(storage.plan_tensor(_TFLITE_OPS[cls], _tflite_shape(cls, shape), bits=int(bits)).weight_bytes)
+
+
+def _cost_table(sens: Sensitivity, cost) -> dict:
+    """``{layer: {bits: bytes}}`` under ``cost`` ("ideal", "tflm" or a callable)."""
+    if cost == "ideal":
+        return {n: {b: sens.weight_bytes(n, b) for b in sens.bits} for n in sens.layers}
+    if cost == "tflm":
+        fn = tflm_cost
+    elif callable(cost):
+        fn = cost
+    else:
+        raise ValueError(f"cost must be 'ideal', 'tflm' or a callable(name, class, shape, bits), got {cost!r}")
+    if cost == "tflm" and not sens.shapes:
+        raise ValueError("cost='tflm' needs the kernel shapes; measure the sensitivity with zeroq.sensitivity")
+    table = {}
+    for n in sens.layers:
+        table[n] = {}
+        for b in sens.bits:
+            v = fn(n, sens.classes.get(n, ""), tuple(sens.shapes.get(n, ())), b)
+            if not (isinstance(v, (int, np.integer)) and v >= 0):
+                raise ValueError(f"cost for layer {n!r} at {b} bits must be a non-negative int, got {v!r}")
+            table[n][b] = int(v)
+    return table
+
+
+def _make_plan(sens: Sensitivity, choice: dict, budget=None, table=None) -> Plan:
+    table = table or _cost_table(sens, "ideal")
+    lb = {n: table[n][choice[n]] for n in sens.layers}
     return Plan(bits={n: int(choice[n]) for n in sens.layers}, bytes=int(sum(lb.values())),
                 sensitivity=float(sum(sens.kl[n][choice[n]] for n in sens.layers)),
                 budget_bytes=budget, layer_bytes=lb)
 
 
-def uniform_plan(sens: Sensitivity, bits: int) -> Plan:
-    """Every measured layer at ``bits`` (must be one of ``sens.bits``)."""
+def uniform_plan(sens: Sensitivity, bits: int, cost="ideal") -> Plan:
+    """Every measured layer at ``bits`` (must be one of ``sens.bits``), sized under ``cost``."""
     if int(bits) not in sens.bits:
         raise ValueError(f"{bits} bits was not measured; the sensitivity has {sens.bits}")
-    return _make_plan(sens, {n: int(bits) for n in sens.layers})
+    return _make_plan(sens, {n: int(bits) for n in sens.layers}, table=_cost_table(sens, cost))
 
 
-def _dp(sens: Sensitivity, q: int, max_bin: int):
+def _dp(sens: Sensitivity, q: int, max_bin: int, table: dict):
     """best[j], choice[i, j] for exactly j bins (inf where unreachable)."""
     bits = sens.bits
     best = np.full(max_bin + 1, np.inf)
@@ -192,7 +251,7 @@ def _dp(sens: Sensitivity, q: int, max_bin: int):
     choices = np.zeros((len(sens.layers), max_bin + 1), np.int8)
     costs = []
     for i, n in enumerate(sens.layers):
-        cb = [math.ceil(sens.weight_bytes(n, b) / q) for b in bits]
+        cb = [-(-table[n][b] // q) for b in bits]
         costs.append(cb)
         new = np.full_like(best, np.inf)
         for k, (b, c) in enumerate(zip(bits, cb)):
@@ -217,14 +276,17 @@ def _backtrack(sens, choices, costs, j):
     return choice
 
 
-def pareto(model, sensitivity: Sensitivity, budget_bytes=None, bin_bytes=None, max_bins=MAX_BINS):
+def pareto(model, sensitivity: Sensitivity, budget_bytes=None, cost="ideal", bin_bytes=None, max_bins=MAX_BINS):
     """Per-layer weight bit-widths minimising total sensitivity under a weight-memory budget.
 
     Args:
         model: the model the sensitivity was measured on (checked against it).
         sensitivity: a :class:`Sensitivity` from :func:`tfjpq.zeroq.sensitivity`.
-        budget_bytes: packed kernel bytes allowed (``sum ceil(params * bits / 8)``).
-            ``None`` returns the whole frontier.
+        budget_bytes: kernel bytes allowed, under ``cost``. ``None`` returns
+            the whole frontier.
+        cost: ``"ideal"`` (``ceil(params * bits / 8)``), ``"tflm"`` (what
+            tflm_export stores: int8 / INT4 / LUT) or a callable
+            ``(name, class_name, kernel_shape, bits) -> bytes``.
         bin_bytes: DP size bin in bytes (see the module docs for the default
             and the rounding: costs up, budget down, so budgets always hold).
         max_bins: bins the default bin size aims for.
@@ -253,8 +315,9 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, bin_bytes=None, m
         if unknown:
             raise ValueError(f"the sensitivity names layers {unknown} that model {model.name!r} does not have")
     sens = sensitivity
-    max_total = sum(sens.weight_bytes(n, max(sens.bits)) for n in sens.layers)
-    min_total = sum(sens.weight_bytes(n, min(sens.bits)) for n in sens.layers)
+    table = _cost_table(sens, cost)
+    max_total = sum(max(table[n].values()) for n in sens.layers)
+    min_total = sum(min(table[n].values()) for n in sens.layers)
     if bin_bytes is None:
         q = 1 if max_total <= max_bins else math.ceil(max_total / max_bins)
     else:
@@ -263,20 +326,20 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, bin_bytes=None, m
             raise ValueError(f"bin_bytes must be >= 1, got {bin_bytes}")
     if budget_bytes is not None and budget_bytes < min_total:
         raise ValueError(f"budget of {budget_bytes} bytes is below the smallest plan: every layer at "
-                         f"{min(sens.bits)} bits takes {min_total} bytes")
+                         f"its cheapest width takes {min_total} bytes (cost={cost!r})")
 
-    top = sum(math.ceil(sens.weight_bytes(n, max(sens.bits)) / q) for n in sens.layers)
+    top = sum(-(-max(table[n].values()) // q) for n in sens.layers)
     if budget_bytes is not None:
         top = min(top, int(budget_bytes) // q)
-    best, choices, costs = _dp(sens, q, top)
+    best, choices, costs = _dp(sens, q, top, table)
 
     if budget_bytes is not None:
         candidates = []
         if np.isfinite(best).any():
             j = int(np.argmin(best))  # first (fewest bins) among the minima
-            candidates.append(_make_plan(sens, _backtrack(sens, choices, costs, j), int(budget_bytes)))
+            candidates.append(_make_plan(sens, _backtrack(sens, choices, costs, j), int(budget_bytes), table))
         for b in sens.bits:
-            u = uniform_plan(sens, b)
+            u = uniform_plan(sens, b, cost)
             if u.bytes <= budget_bytes:
                 u.budget_bytes = int(budget_bytes)
                 candidates.append(u)
@@ -292,12 +355,12 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, bin_bytes=None, m
         if best[j] < floor:
             keep.append(int(j))
             floor = best[j]
-    plans = [_make_plan(sens, _backtrack(sens, choices, costs, j)) for j in keep]
-    plans += [uniform_plan(sens, b) for b in sens.bits]
+    plans = [_make_plan(sens, _backtrack(sens, choices, costs, j), None, table) for j in keep]
+    plans += [uniform_plan(sens, b, cost) for b in sens.bits]
     plans.sort(key=lambda p: (p.bytes, p.sensitivity))
     entries, floor = [], np.inf
     for p in plans:
         if p.sensitivity < floor:
             entries.append((p.bytes, p.sensitivity, p))
             floor = p.sensitivity
-    return Frontier(entries, sens, q)
+    return Frontier(entries, sens, q, cost)

@@ -32,6 +32,7 @@ class Sensitivity:
         layers: layer names, in model order.
         classes: layer class names.
         params: kernel parameter count per layer (biases not counted).
+        shapes: Keras kernel shape per layer.
         kl: ``kl[name][bits]`` = mean KL divergence (nats) on the data.
         num_samples: how many inputs the KL was averaged over.
     """
@@ -42,6 +43,7 @@ class Sensitivity:
     params: dict = field(default_factory=dict)
     kl: dict = field(default_factory=dict)
     num_samples: int = 0
+    shapes: dict = field(default_factory=dict)
 
     def weight_bytes(self, name: str, bits: int) -> int:
         """Bytes of layer ``name``'s kernel at ``bits`` (``ceil(params * bits / 8)``)."""
@@ -151,6 +153,7 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
         w = np.asarray(var.numpy(), np.float32)
         result.classes[layer.name] = type(layer).__name__
         result.params[layer.name] = int(w.size)
+        result.shapes[layer.name] = tuple(int(d) for d in w.shape)
         result.kl[layer.name] = {}
         try:
             for b in bits:
