@@ -18,7 +18,7 @@ from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
-_SUBMODULES = ("callbacks", "cost", "zeroq", "quantune", "precrop")
+_SUBMODULES = ("callbacks", "cost", "tflm_cost", "zeroq", "quantune", "precrop")
 
 
 def __getattr__(name):

@@ -68,6 +68,7 @@ class LayerTerms:
     weight_bits: tuple
     phi: tf.Tensor
     act_bits: tuple
+    regroup: bool = True  # export splits the channels into one tensor per precision
 
     def expected_weight_bits(self):
         """sum_c sum_p theta[p, c] * p: the soft total of weight bits over output channels."""
@@ -222,6 +223,6 @@ def layer_terms(model, training=False):
         terms.append(LayerTerms(
             name=layer.name, kind=layer.kind, taps=layer.kernel_taps(), pixels=layer.out_pixels(),
             cin=layer.in_channels(), cin_eff=cin_eff, theta=theta, weight_bits=layer.weight_bits,
-            phi=phi, act_bits=act_bits,
+            phi=phi, act_bits=act_bits, regroup=choices[layer.group].regroup and layer.kind != "depthwise",
         ))
     return terms

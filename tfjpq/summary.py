@@ -7,7 +7,10 @@ bit-width whose symmetric grid holds them; float weights count as 8 bits (what
 int8 conversion stores).
 
 Weight bytes are the ideal packed size, ``sum(weights x bits) / 8``; biases
-(int32 after conversion) are counted apart.
+(int32 after conversion) are counted apart. ``packed_bytes`` is what
+``tflm_export.convert`` will store for the weights (INT4, LUT or int8 per
+tensor, by ``tflm_export.storage``; LUT tables and headers included, the
+DECODE operator's graph records not).
 
 Example::
 
@@ -66,12 +69,33 @@ class Profile:
         lines.append(f"{'total':<32}{t['channels_kept']:>5}/{t['channels']:<6}{hist:>26}{'':>5}"
                      f"{t['weight_bytes']:>11.0f}{t['macs']:>12,d}")
         lines.append(f"params kept {t['params']:,d}; weight bytes {t['weight_bytes']:,.0f} "
-                     f"(all-8-bit {t['weight_bytes_int8']:,.0f}, {t['size_ratio']:.1%}); "
+                     f"(all-8-bit {t['weight_bytes_int8']:,.0f}, {t['size_ratio']:.1%}; TFLM-packed "
+                     f"{t['packed_bytes']:,d}); "
                      f"bias bytes {t['bias_bytes']:,d}; MACs {t['macs']:,d}")
         return "\n".join(lines)
 
 
-def _row(name, kind, channels, bits, cin_kept, taps, pixels, act_bits):
+_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
+
+
+def packed_bytes(kind, bits, per_channel_weights, regroup) -> int:
+    """Weight bytes ``tflm_export`` stores for one layer's kept channels (one tensor per precision if regrouped)."""
+    from tflm_export import storage
+
+    kept = bits[bits != 0]
+    if len(kept) == 0:
+        return 0
+    groups = [kept[kept == b] for b in np.unique(kept)] if regroup else [kept]
+    total = 0
+    for g in groups:
+        n = int(per_channel_weights)
+        shape = {"dense": (len(g), n), "conv": (len(g), n, 1, 1), "depthwise": (1, n, 1, len(g))}[kind]
+        plan = storage.plan_tensor(_OPS[kind], shape, bits=[int(b) for b in g])
+        total += plan.weight_bytes - (storage.LUT_GRAPH_BYTES if plan.method == "lut" else 0)
+    return int(total)
+
+
+def _row(name, kind, channels, bits, cin_kept, taps, pixels, act_bits, regroup=False):
     kept = bits[bits != 0]
     per_channel_weights = taps if kind == "depthwise" else taps * cin_kept
     hist = {int(b): int(n) for b, n in zip(*np.unique(bits, return_counts=True))}
@@ -81,6 +105,7 @@ def _row(name, kind, channels, bits, cin_kept, taps, pixels, act_bits):
         "params": int(per_channel_weights * len(kept)),
         "weight_bytes": float(per_channel_weights * kept.sum() / 8.0),
         "weight_bytes_int8": float(per_channel_weights * len(kept)),
+        "packed_bytes": packed_bytes(kind, bits, per_channel_weights, regroup),
         "bias_bytes": int(4 * len(kept)),
         "macs": int(pixels * per_channel_weights * len(kept)),
     }
@@ -97,8 +122,9 @@ def _search_rows(model):
             cin += int(np.sum(selected[gname] != 0)) if gname is not None else channels
         cin *= layer.input_repeat
         act = acts[layer.act_quantizer].selected_bits() if layer.act_quantizer else None
+        regroup = choices[layer.group].regroup and layer.kind != "depthwise"
         rows.append(_row(layer.name, layer.kind, layer.out_channels, selected[layer.group], cin,
-                         layer.kernel_taps(), layer.out_pixels(), act))
+                         layer.kernel_taps(), layer.out_pixels(), act, regroup))
     return rows
 
 
@@ -135,7 +161,8 @@ def profile(model) -> Profile:
         for b, n in r["bits_histogram"].items():
             hist[b] = hist.get(b, 0) + n
     totals = {k: sum(r[k] for r in rows) for k in
-              ("channels", "channels_kept", "params", "weight_bytes", "weight_bytes_int8", "bias_bytes", "macs")}
+              ("channels", "channels_kept", "params", "weight_bytes", "weight_bytes_int8", "packed_bytes", "bias_bytes",
+               "macs")}
     totals["bits_histogram"] = hist
     totals["size_ratio"] = totals["weight_bytes"] / max(totals["weight_bytes_int8"], 1.0)
     if isinstance(model, SearchModel):

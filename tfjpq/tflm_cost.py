@@ -1,0 +1,134 @@
+"""A cost model that prices what a TFLite Micro board pays, by the exporter's own rules.
+
+``objective="flash"`` (bytes): for every precision group of a layer (the
+channels at ``b`` bits, which ``tfjpq.export`` turns into one tensor), the
+cheapest storage ``tflm_export.storage`` allows, evaluated at the soft channel
+counts:
+
+* int8: ``N`` bytes; INT4 (conv / depthwise, ``b <= 4``): ``N / 2``;
+* LUT (``b < 8``): ``N * b / 8`` index bytes + 16-byte header +
+  ``channels * (2**b - 1)`` table bytes + the DECODE graph records (counted
+  once the group has a channel);
+* plus the int32 bias, 4 bytes per kept channel.
+
+``objective="latency"`` (ms on the board's core): MACs per precision group
+times the exporter's cycles per MAC for the op and core
+(``tflm_export.cycles``), plus the INT4 unpacking cost per filter value, over
+the board's clock.
+
+``objective="arena"`` is not offered: the arena is a peak over the schedule,
+not a sum; ``tflm_export.emulate`` measures it.
+
+Example::
+
+    search = tfjpq.wrap(model, cost=tfjpq.tflm_cost.TFLMCost("nucleo-f746zg", "latency"), strength=1e-2)
+    search = tfjpq.wrap(model, cost="tflm", strength=1e-5)        # flash on nano33ble
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfjpq.cost import CostModel
+
+_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
+OBJECTIVES = ("flash", "latency")
+
+
+@keras.saving.register_keras_serializable(package="tfjpq")
+class TFLMCost(CostModel):
+    """Flash bytes (default) or estimated latency on a board, following ``tflm_export``."""
+
+    name = "tflm"
+
+    def __init__(self, board="nano33ble", objective="flash", kernels="cmsis-nn"):
+        from tflm_export import boards, cycles
+
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.board = boards.get_board(board)
+        self.objective = objective
+        self.kernels = kernels
+        self.unit = "bytes" if objective == "flash" else "ms"
+        cycles.mac_cycles("CONV_2D", self.board.core, kernels)  # validates core and kernels
+
+    def check(self, weight_bits, act_bits):
+        if any(a != 8 for a in act_bits):
+            raise ValueError(f"the tflm cost prices int8 TFLite Micro kernels; act_bits must be (8,), got {act_bits}")
+
+    @staticmethod
+    def _cheapest(op, n, channels, b):
+        """Soft bytes of one tensor of ``n`` weights in ``channels`` channels on a ``b``-bit grid."""
+        from tflm_export import storage
+
+        cands = [storage.int8_bytes(n, exact=False)]
+        if op in storage.INT4_OPS and b <= storage.INT4_MAX_BITS:
+            cands.append(storage.int4_bytes(n, exact=False))
+        if b < 8 and b <= storage.LUT_MAX_INDEX_BITS:
+            lut = storage.lut_bytes(n, channels, b, storage.grid_values(b), exact=False, graph=False)
+            cands.append(lut + storage.LUT_GRAPH_BYTES * tf.minimum(channels, 1.0))
+        return tf.reduce_min(tf.stack([tf.cast(c, tf.float32) for c in cands]))
+
+    def _flash(self, t):
+        from tflm_export import storage
+
+        op = _OPS[t.kind]
+        per_channel = t.taps * (1.0 if t.kind == "depthwise" else t.cin_eff)
+        nonzero = [(i, b) for i, b in enumerate(t.weight_bits) if b != 0]
+        total = 0.0
+        if t.regroup:  # one tensor per precision group
+            for i, b in nonzero:
+                count = tf.reduce_sum(t.theta[i])
+                total = total + self._cheapest(op, per_channel * count, count, b)
+        else:  # one tensor, stored by its widest channel: expectation over that maximum
+            kept = t.kept_channels()
+            below = 0.0  # P(every channel is at most the previous width)
+            for j, (i, b) in enumerate(nonzero):
+                at_most = [k for k, bb in enumerate(t.weight_bits) if bb <= b]
+                p_le = tf.reduce_prod(tf.add_n([t.theta[k] for k in at_most]))
+                total = total + (p_le - below) * self._cheapest(op, per_channel * kept, kept, b)
+                below = p_le
+        return total + storage.BIAS_BYTES_PER_CHANNEL * t.kept_channels()
+
+    def _latency(self, t):
+        from tflm_export import cycles
+
+        op = _OPS[t.kind]
+        core = self.board.core
+        per_mac = cycles.mac_cycles(op, core, self.kernels)
+        total = 0.0
+        for b, macs in t.macs_by_bits().items():
+            c = macs * per_mac
+            if op in ("CONV_2D", "DEPTHWISE_CONV_2D") and b <= 4:
+                i = t.weight_bits.index(b)
+                filt = t.taps * (1.0 if t.kind == "depthwise" else t.cin_eff) * tf.reduce_sum(t.theta[i])
+                c = c + filt * cycles.INT4_UNPACK * cycles.CORE_FACTORS[core][1]
+            total = total + c
+        return total / (self.board.clock_mhz * 1000.0)
+
+    def layer_cost(self, t):
+        return self._flash(t) if self.objective == "flash" else self._latency(t)
+
+    def get_config(self):
+        b = self.board
+        board = b.name if b.name in _builtin_boards() and _builtin_boards()[b.name] == b else {
+            "name": b.name, "core": b.core, "clock_mhz": b.clock_mhz, "sram_bytes": b.sram_bytes,
+            "flash_bytes": b.flash_bytes, "ram_reserved_bytes": b.ram_reserved_bytes,
+            "flash_reserved_bytes": b.flash_reserved_bytes}
+        return {"board": board, "objective": self.objective, "kernels": self.kernels}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("board"), dict):
+            from tflm_export import Board
+
+            config["board"] = Board(**config["board"])
+        return cls(**config)
+
+
+def _builtin_boards():
+    from tflm_export import BOARDS
+
+    return BOARDS
