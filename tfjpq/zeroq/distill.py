@@ -117,7 +117,7 @@ def bn_loss(model, x, batch_size=None, input_stats=(0.0, 1.0)):
 
 
 def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed=0, verbose=1,
-            input_stats=(0.0, 1.0), input_range=None, tol=1e-3, patience=50, jit_compile=False,
+            input_stats=(0.0, 1.0), input_range=None, tol=0.1, patience=50, jit_compile=False,
             return_info=False):
     """Data-free inputs for ``model``: Gaussian noise optimised to match every BN's running statistics.
 
