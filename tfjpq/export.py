@@ -72,10 +72,12 @@ def quantize_mixed(w, bits_per_channel, channel_axis):
     return np.moveaxis(w, -1, channel_axis)
 
 
-def _plain_config(layer: _SearchLinear, name, out_channels):
+def _plain_config(layer: _SearchLinear, name, out_channels, activation=None):
     cfg = dict(layer.layer_config)
     cfg["name"] = name
     cfg["use_bias"] = True
+    if activation is not None:
+        cfg["activation"] = activation
     if layer.kind == "conv":
         cfg["filters"] = int(out_channels)
     elif layer.kind == "dense":
@@ -89,13 +91,13 @@ def _plain_config(layer: _SearchLinear, name, out_channels):
 _PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D, "dense": keras.layers.Dense}
 
 
-def _export_linear(layer: _SearchLinear, sel_bits, regroup, x: _TensorState) -> _TensorState:
+def _export_linear(layer: _SearchLinear, sel_bits, regroup, x: _TensorState, activation=None) -> _TensorState:
     w, b = folded_kernel_and_bias(layer)
     if layer.kind == "depthwise":
         order = x.cmap
         w = w[:, :, order, :]
         w = quantize_mixed(w, sel_bits[order], channel_axis=2)
-        new = keras.layers.DepthwiseConv2D.from_config(_plain_config(layer, layer.name, len(order)))
+        new = keras.layers.DepthwiseConv2D.from_config(_plain_config(layer, layer.name, len(order), activation))
         y = new(x.tensor)
         new.set_weights([w, b[order]])
         return _TensorState(y, order, layer.out_channels)
@@ -110,14 +112,14 @@ def _export_linear(layer: _SearchLinear, sel_bits, regroup, x: _TensorState) -> 
         parts, order = [], []
         for bits in kept_bits:
             idx = np.where(sel_bits == bits)[0]
-            sub = _PLAIN[layer.kind].from_config(_plain_config(layer, f"{layer.name}__w{bits}", len(idx)))
+            sub = _PLAIN[layer.kind].from_config(_plain_config(layer, f"{layer.name}__w{bits}", len(idx), activation))
             parts.append(sub(x.tensor))
             sub.set_weights([quantizers.quantize_weights_np(w[..., idx], bits), b[idx]])
             order.extend(idx.tolist())
         y = keras.layers.Concatenate(axis=-1, name=f"{layer.name}__concat")(parts)
         return _TensorState(y, order, layer.out_channels)
     order = np.where(sel_bits != 0)[0]
-    new = _PLAIN[layer.kind].from_config(_plain_config(layer, layer.name, len(order)))
+    new = _PLAIN[layer.kind].from_config(_plain_config(layer, layer.name, len(order), activation))
     y = new(x.tensor)
     new.set_weights([quantize_mixed(w[..., order], sel_bits[order], channel_axis=-1), b[order]])
     return _TensorState(y, order, layer.out_channels)
@@ -148,7 +150,9 @@ def export(model, name=None) -> keras.Model:
         c = int(old.shape[-1])
         states[id(old)] = _TensorState(new, np.arange(c), c)
 
-    for node in graph.topological_nodes(model):
+    nodes = graph.topological_nodes(model)
+    fused = _fusable_activations(nodes)
+    for node in nodes:
         layer = node.operation
         out = node.outputs[0]
         if isinstance(layer, PrecisionChoice):
@@ -156,8 +160,15 @@ def export(model, name=None) -> keras.Model:
         ins = [states[id(t)] for t in node.input_tensors if id(t) in states]
         if isinstance(layer, _SearchLinear):
             choice = choices[layer.group]
-            states[id(out)] = _export_linear(layer, selected[layer.group], choice.regroup, ins[0])
+            act_node = fused.get(layer.name)
+            activation = _activation_of(act_node.operation) if act_node is not None else None
+            st = _export_linear(layer, selected[layer.group], choice.regroup, ins[0], activation)
+            states[id(out)] = st
+            if act_node is not None:
+                states[id(act_node.outputs[0])] = st
             continue
+        if any(node is n for n in fused.values()):
+            continue  # folded into the layer before it
         if isinstance(layer, ActivationChoice):
             q = ActivationQuantizer(bits=layer.selected_bits(), clip=float(layer.clip.numpy()), signed=layer.signed,
                                     name=layer.name)
@@ -174,6 +185,42 @@ def export(model, name=None) -> keras.Model:
         outputs.append(st.tensor)
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
                        name=name or model.name.replace("_search", "") + "_deploy")
+
+
+def _activation_of(layer):
+    """'relu' or 'relu6' for a plain ReLU-type layer, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        cfg = layer.get_config()
+        if float(cfg.get("negative_slope", 0.0)) != 0.0 or float(cfg.get("threshold", 0.0)) != 0.0:
+            return None
+        mv = cfg.get("max_value")
+        return "relu" if mv is None else ("relu6" if float(mv) == 6.0 else None)
+    if isinstance(layer, keras.layers.Activation):
+        name = graph.activation_name(layer.get_config().get("activation"))
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def _fusable_activations(nodes):
+    """{search layer name: the ReLU node right after it}, fused at export.
+
+    With channels regrouped, a Concatenate would otherwise stand between the
+    convolution and its ReLU, the converter could not fuse them, and every
+    output would be rounded twice (to the conv's range, then to the ReLU's).
+    """
+    consumers = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            consumers.setdefault(id(t), []).append(node)
+    fused = {}
+    for node in nodes:
+        layer = node.operation
+        if not isinstance(layer, _SearchLinear) or graph.activation_name(layer.layer_config.get("activation")) != "linear":
+            continue
+        users = consumers.get(id(node.outputs[0]), [])
+        if len(users) == 1 and _activation_of(users[0].operation) is not None:
+            fused[layer.name] = users[0]
+    return fused
 
 
 def _export_other(layer, node, ins):

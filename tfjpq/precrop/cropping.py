@@ -492,7 +492,7 @@ def _check_names(g, given, what):
 
 
 def crop_plan(model, densities=None, *, width_multipliers=None, match: str | None = "kernels",
-              min_channels: int = 1) -> CropPlan:
+              target_params: int | None = None, min_channels: int = 1) -> CropPlan:
     """Work out the narrower widths :func:`crop` builds, without building anything.
 
     Arguments as for :func:`crop`. Returns a :class:`CropPlan`.
@@ -509,6 +509,11 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
                          "and width_multipliers (per-layer output width ratios, or one number)")
     if match not in ("kernels", "total", None):
         raise ValueError(f"match must be 'kernels', 'total' or None; got {match!r}")
+    if target_params is not None:
+        if width_multipliers is not None:
+            raise ValueError("target_params goes with densities, not with width_multipliers")
+        if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 1:
+            raise ValueError(f"target_params must be a positive integer; got {target_params!r}")
     if isinstance(min_channels, bool) or not isinstance(min_channels, (int, np.integer)) or min_channels < 1:
         raise ValueError(f"min_channels must be a positive integer; got {min_channels!r}")
     g = _analyse(model)
@@ -561,7 +566,9 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
         log_a = _solve_log_multipliers(g, roots, dens)
         sizes = {n: _layer_kernel(g, g.info[n]) for n in scored}
         kept = sum(dens.get(n, 1.0) * sizes[n] for n in scored)
-        if match is None:
+        if target_params is not None:
+            widths = _match(g, roots, log_a, int(target_params), lambda w: _total(g, w), min_channels)
+        elif match is None:
             widths = _widths_from_multipliers(g, roots, np.exp(log_a), min_channels)
         elif match == "kernels":
             widths = _match(g, roots, log_a, kept, lambda w: _counts(g, w)[0], min_channels)
@@ -596,7 +603,7 @@ def _make_plan(g, widths):
 
 
 def crop(model, densities=None, *, width_multipliers=None, match: str | None = "kernels",
-         min_channels: int = 1, seed: int | None = None) -> keras.Model:
+         target_params: int | None = None, min_channels: int = 1, seed: int | None = None) -> keras.Model:
     """A new, narrower, freshly initialized model of the same structure (PreCropping).
 
     Args:
@@ -612,6 +619,10 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
             equals ``sum_l d_l n_l`` (``"kernels"``, default), so the whole
             model's parameter count is the density-weighted share
             (``"total"``), or apply the least-squares rule alone (``None``).
+        target_params: with densities, rescale so ``count_params()`` of the
+            cropped model is this number instead (e.g. a masked model's
+            :func:`~tfjpq.precrop.nonzero_params`, for a comparison at exactly
+            the same parameter count). Overrides ``match``.
         min_channels: the narrowest a layer may get.
         seed: seeds the fresh initialization (``keras.utils.set_random_seed``).
 
@@ -635,7 +646,8 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
         small.count_params() / model.count_params()      # about 0.2
         half = precrop.crop(model, width_multipliers={"block3_conv1": 0.5})
     """
-    plan = crop_plan(model, densities, width_multipliers=width_multipliers, match=match, min_channels=min_channels)
+    plan = crop_plan(model, densities, width_multipliers=width_multipliers, match=match,
+                     target_params=target_params, min_channels=min_channels)
     return build(model, plan, seed=seed)
 
 

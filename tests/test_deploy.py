@@ -1,0 +1,77 @@
+"""The full path: search model -> freeze -> export -> tflm_export.convert / emulate, and the TFLM cost."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfjpq
+import tflm_export
+from tfjpq import zoo
+from tfjpq.tflm_cost import TFLMCost
+
+from conftest import random_choices
+
+
+@pytest.fixture(scope="module")
+def deployed(trained_small_cnn, digits):
+    (x, _), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    random_choices(search, seed=4)
+    frozen = tfjpq.freeze(search)
+    deploy = tfjpq.export(frozen)
+    art = tflm_export.convert(deploy, representative_data=x[:100])
+    return frozen, deploy, art
+
+
+def test_profile_predicts_flatbuffer_weight_bytes_within_5_percent(deployed):
+    frozen, deploy, art = deployed
+    measured = art.report["totals"]["weights_measured_data_bytes"]
+    for model in (frozen, deploy):
+        predicted = tfjpq.profile(model).totals["packed_bytes"]
+        print(f"{model.name}: profile predicts {predicted} B of weights, flatbuffer holds {measured} B")
+        assert abs(predicted - measured) <= 0.05 * measured
+    # sub-byte groups really were packed
+    methods = {r["layer"]: r["method"] for r in art.report["tensors"]}
+    assert any(m in ("int4", "lut") for m in methods.values())
+    assert art.report["totals"]["weights_measured_data_bytes"] < art.report["totals"]["weights_int8_bytes"]
+
+
+def test_tflm_cost_on_hard_choices_equals_stored_weights_plus_biases(deployed):
+    frozen, _, art = deployed
+    tot = art.report["totals"]
+    lut_tensors = sum(1 for r in art.report["tensors"] if r["method"] == "lut")
+    expected = tot["weights_measured_data_bytes"] + tot["bias_bytes"] + lut_tensors * 160
+    assert float(frozen.cost()) == pytest.approx(expected, rel=0.05)
+
+
+def test_emulated_exported_model_matches_keras(deployed, digits):
+    frozen, deploy, art = deployed
+    _, (xt, yt) = digits
+    run = tflm_export.emulate(art, board="nano33ble", inputs=xt[:120])
+    keras_top1 = deploy.predict(xt[:120], verbose=0).argmax(1)
+    assert (np.asarray(run.outputs).argmax(1) == keras_top1).mean() >= 0.97
+    assert run.arena_bytes > 0 and run.fits
+
+
+def test_tflm_latency_cost_falls_with_pruning():
+    model = zoo.small_cnn()
+    search = tfjpq.wrap(model, cost=TFLMCost("nucleo-f746zg", objective="latency"), mode="hard")
+    before = float(search.cost())
+    alpha = search.get_layer("conv2_wbits").alpha.numpy()
+    alpha[0, :16] = 10.0  # prune half of conv2
+    search.get_layer("conv2_wbits").alpha.assign(alpha)
+    after = float(search.cost())
+    assert 0 < after < 0.8 * before
+    assert search.cost_model.unit == "ms"
+
+
+def test_tflm_cost_round_trips_and_rejects_bad_input(tmp_path):
+    search = tfjpq.wrap(zoo.small_cnn(), cost=TFLMCost("stm32h743", "latency"))
+    path = str(tmp_path / "s.keras")
+    search.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.cost_model.board.name == "stm32h743" and loaded.cost_model.objective == "latency"
+    with pytest.raises(ValueError, match="objective"):
+        TFLMCost(objective="energy")
+    with pytest.raises(ValueError, match="act_bits"):
+        tfjpq.wrap(zoo.small_cnn(), cost="tflm", act_bits=(4, 8))
