@@ -147,6 +147,15 @@ def test_cropped_parameter_counts_follow_the_density(name, density, synflow_dens
     assert small.output_shape == model.output_shape
 
 
+def test_target_params_hits_an_exact_budget(synflow_densities):
+    model = MODELS["resnet8"]()
+    for target in (9000, 20000):
+        small = precrop.crop(model, synflow_densities["resnet8"][0.2], target_params=target)
+        assert small.count_params() == pytest.approx(target, rel=0.02)
+    with pytest.raises(ValueError, match="target_params"):
+        precrop.crop(model, width_multipliers=0.5, target_params=1000)
+
+
 def test_uniform_density_in_a_chain_gives_the_sqrt_rule():
     inp = keras.Input((8, 8, 3))
     x = inp
