@@ -102,8 +102,14 @@ def test_distill_is_deterministic_and_respects_options(trained):
     b = zeroq.distill(trained, num_samples=6, iterations=20, batch_size=4, verbose=0, seed=3)
     assert a.shape == (6, 8, 8, 1)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    c = zeroq.distill(trained, num_samples=8, iterations=30, verbose=0, input_range=(0, 1), input_stats=None)
+    c, info = zeroq.distill(trained, num_samples=8, iterations=30, verbose=0, input_range=(0, 1),
+                            return_info=True)
     assert c.min() >= 0 and c.max() <= 1
+    assert info["input_stats"] is None           # "auto": a stated range replaces the (0, 1) input term
+    _, info = zeroq.distill(trained, num_samples=8, iterations=2, verbose=0, return_info=True)
+    assert info["input_stats"] == (0.0, 1.0)     # the paper's term by default
+    with pytest.raises(ValueError, match="input_range"):
+        zeroq.distill(trained, num_samples=8, iterations=2, verbose=0, input_range=(1, 0))
 
 
 def test_distill_early_stop_and_progress(trained, capsys):
@@ -362,8 +368,7 @@ def test_data_free_path_and_planned_widths_in_the_flatbuffer(trained, digits, di
     from tflm_export import storage
 
     (x_tr, _), (x_te, y_te) = digits
-    x_syn = zeroq.distill(trained, num_samples=64, iterations=300, verbose=0, input_stats=None,
-                          input_range=(0, 1))
+    x_syn = zeroq.distill(trained, num_samples=64, iterations=300, verbose=0, input_range=(0, 1))
     acc = {}
     for key, cal in (("real", x_tr[:64]), ("distilled", x_syn)):
         run = tflm_export.emulate(tflm_export.convert(trained, representative_data=cal), inputs=x_te)

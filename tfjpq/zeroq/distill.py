@@ -117,7 +117,7 @@ def bn_loss(model, x, batch_size=None, input_stats=(0.0, 1.0)):
 
 
 def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed=0, verbose=1,
-            input_stats=(0.0, 1.0), input_range=None, tol=0.1, patience=50, jit_compile=False,
+            input_stats="auto", input_range=None, tol=0.1, patience=50, jit_compile=False,
             return_info=False):
     """Data-free inputs for ``model``: Gaussian noise optimised to match every BN's running statistics.
 
@@ -134,11 +134,14 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         seed: seed of the initial noise.
         verbose: 0 silent, 1 a progress bar, 2 one line every 100 steps.
         input_stats: ``(mean, std)`` the input term pulls every input channel
-            toward; ``None`` drops the input term. The default ``(0, 1)`` is the
-            paper's, for inputs standardised per channel. For inputs scaled
-            to [0, 1] (pixels / 255) it fights the first BN and leaves outlier
-            pixels that stretch the int8 input range: pass ``None`` (or
-            your preprocessing's mean and std) there.
+            toward, or ``None`` for no input term. ``"auto"`` (default): the
+            paper's ``(0, 1)`` (inputs standardised per channel) when no
+            ``input_range`` is given, and no input term when one is (a range
+            like ``(0, 1)`` cannot hold std 1; the range is the input prior
+            then). Measured on MNIST-5k (inputs in [0, 1]): the ``(0, 1)`` term
+            fights the first BN and leaves outlier pixels that stretch the int8
+            input range, costing 2.5 points at W8A8; ``input_range=(0, 1)``
+            matches real-image calibration.
         input_range: ``(low, high)`` the inputs are clipped to after every
             step (projected Adam), e.g. ``(0, 1)`` for pixels / 255. It is
             knowledge of the preprocessing, not data. ``None``: no clipping.
@@ -146,11 +149,14 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
             ``patience`` steps improves on the best before by less than
             ``tol`` (relative); checked every ``patience`` steps from step
             ``2 * patience`` on. ``tol=0`` always runs ``iterations`` steps.
+            The default (10 % per 50 steps) typically stops after 150-300
+            steps; on MNIST-5k the W8A8 accuracy was the same from 50 to 500
+            steps.
         jit_compile: compile the step with XLA (about 5 s of compilation;
             pays off for bigger models and many iterations).
         return_info: also return a dict with the ``steps`` run, the
             ``initial_loss`` / ``final_loss`` per batch, every step's loss
-            (``losses``) and the wall ``seconds``.
+            (``losses``), the wall ``seconds`` and the ``input_stats`` used.
 
     Returns:
         ``np.ndarray`` of shape ``(num_samples,) + model input shape``, float32
@@ -168,11 +174,15 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
         model = zoo.small_cnn()           # train it first
         x_syn = tfjpq.zeroq.distill(model, num_samples=64, iterations=500)
         x_syn.shape                       # (64, 8, 8, 1)
-        # inputs scaled to [0, 1] (pixels / 255): say so, it keeps the int8 input range right
+        # inputs scaled to [0, 1] (pixels / 255): say so; it keeps the int8 input range right
         x_syn = tfjpq.zeroq.distill(model, input_range=(0, 1))
     """
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be >= 2 (batch statistics need a batch), got {num_samples}")
+    if isinstance(input_stats, str):
+        if input_stats != "auto":
+            raise ValueError(f"input_stats must be 'auto', None or (mean, std), got {input_stats!r}")
+        input_stats = (0.0, 1.0) if input_range is None else None
     obj = _Objective(model, input_stats)
     num_samples, iterations = int(num_samples), int(iterations)
     bs = min(num_samples, 64) if batch_size is None else int(batch_size)
@@ -247,6 +257,7 @@ def distill(model, num_samples=64, iterations=500, batch_size=None, lr=0.5, seed
     if iterations == 0 and bar is not None:
         bar.update(total)
     info["seconds"] = time.perf_counter() - start
+    info["input_stats"] = input_stats
     if verbose == 2:
         print(f"zeroq.distill: {num_samples} samples, {sum(info['steps'])} steps in {info['seconds']:.1f} s", flush=True)
     x_out = np.concatenate(out)[:num_samples]
