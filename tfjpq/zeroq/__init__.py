@@ -3,14 +3,14 @@
 The data-free path, from a trained Keras model with BatchNormalization::
 
     import tfjpq, tflm_export
-    x_syn = tfjpq.zeroq.distill(model, num_samples=64)            # no real data
+    x_syn = tfjpq.zeroq.distill(model, num_samples=64, input_range=(0, 1))  # pixels / 255; no real data
     art = tflm_export.convert(model, representative_data=x_syn)    # W8A8 int8
     run = tflm_export.emulate(art, board="nano33ble", inputs=x_test)
 
 Mixed precision from the distilled data::
 
     sens = tfjpq.zeroq.sensitivity(model, x_syn, bits=(2, 4, 8))
-    plan = tfjpq.zeroq.pareto(model, sens, budget_bytes=20_000)
+    plan = tfjpq.zeroq.pareto(model, sens, budget_bytes=20_000, cost="tflm")
     deploy = plan.apply(model)          # weights on the planned per-layer grids
     frontier = tfjpq.zeroq.pareto(model, sens)   # every budget at once
     frontier.plot("frontier.png")

@@ -280,7 +280,8 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, cost="ideal", bin
     """Per-layer weight bit-widths minimising total sensitivity under a weight-memory budget.
 
     Args:
-        model: the model the sensitivity was measured on (checked against it).
+        model: the model the sensitivity was measured on (its layer names are
+            checked against the table); ``None`` skips the check.
         sensitivity: a :class:`Sensitivity` from :func:`tfjpq.zeroq.sensitivity`.
         budget_bytes: kernel bytes allowed, under ``cost``. ``None`` returns
             the whole frontier.
