@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=6, help="float training epochs")
     p.add_argument("--search-epochs", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--strength", type=float, default=2e-6, help="cost weight, per byte of weights")
+    p.add_argument("--strength", type=float, default=5e-7, help="cost weight, per cost unit (bytes for size)")
     p.add_argument("--cost", default="size", help="size | bitops | mpic | tflm")
     p.add_argument("--board", default="nano33ble")
     p.add_argument("--out", default="build/quickstart", help="where the TFLite/C artifacts go")
@@ -63,7 +63,7 @@ def main(argv=None):
     search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost=args.cost, strength=args.strength)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"],
-                   arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
+                   arch_optimizer=keras.optimizers.Adam(0.02))
     search.fit(x, y, epochs=args.search_epochs, batch_size=64, verbose=2,
                callbacks=[tfjpq.callbacks.StrengthWarmup(epochs=2), tfjpq.callbacks.TemperatureDecay(),
                           tfjpq.callbacks.SearchLogger()])
@@ -98,6 +98,7 @@ def main(argv=None):
 
     step("5/6 convert to an int8 TFLite flatbuffer with sub-byte weights + C sources")
     art = tflm_export.convert(deploy, representative_data=x[:200], out_dir=args.out, overwrite=True)
+    deploy.save(os.path.join(args.out, "deploy.keras"))
     print(f"wrote {args.out}/ ({', '.join(sorted(os.listdir(args.out)))})")
 
     step(f"6/6 run in TFLite Micro on {args.board}")

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from tflm_export import modelinfo, packing, storage
+from tflm_export import modelinfo, packing, repair, storage
 from tflm_export.artifact import Artifact, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
 from tflm_export.errors import ConversionError
@@ -145,7 +145,7 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
     if out_dir is not None:
         check_out_dir(os.path.abspath(os.fspath(out_dir)), overwrite)   # fail before the slow part
     layer_names = [l.name for l in getattr(model, "layers", [])]
-    int8_bytes = keras_to_int8(model, representative_data)
+    int8_bytes, bias_notes = repair.fix_bias_scales(keras_to_int8(model, representative_data))
     base_info = modelinfo.inspect_model(int8_bytes)
     if check_tflm:
         modelinfo.check_tflm_ops(base_info)
@@ -171,6 +171,8 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
 
     cname = c_identifier(name or getattr(model, "name", None) or "model")
     report = build_report(cname, pack, int8_bytes, packed, info, base_info, weights, plans, notes, arena)
+    if bias_notes:
+        report["bias_scale_repairs"] = bias_notes
     art = Artifact(cname, packed, int8_bytes, report, arena or 0, io_details(info, "inputs"),
                    io_details(info, "outputs"), tuple(dict.fromkeys(info.op_names)))
     if out_dir is not None:
