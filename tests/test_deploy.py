@@ -75,3 +75,39 @@ def test_tflm_cost_round_trips_and_rejects_bad_input(tmp_path):
         TFLMCost(objective="energy")
     with pytest.raises(ValueError, match="act_bits"):
         tfjpq.wrap(zoo.small_cnn(), cost="tflm", act_bits=(4, 8))
+
+
+def _bias_scale_mismatches(model_bytes):
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor as me
+
+    from tflm_export.packing import _op_name
+
+    bad = []
+    for op in me.read(model_bytes).subgraphs[0].operators:
+        if _op_name(op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2 and op.inputs[2]:
+            x, w, b = op.inputs[:3]
+            want = float(x.quantization.scales[0]) * np.asarray(w.quantization.scales)
+            if not np.allclose(np.asarray(b.quantization.scales), want, rtol=1e-4):
+                bad.append(b.name)
+    return bad
+
+
+@pytest.mark.slow
+def test_regrouped_resnet_converts_with_consistent_bias_scales(digits):
+    """Concatenate + activation ranges once left stale bias scales in the converter's output."""
+    (x, y), (xt, _) = digits
+    model = zoo.resnet8((8, 8, 1))
+    zoo.train(model, x, y, epochs=3)
+    search = tfjpq.wrap(model, weight_bits=(2, 4, 8))
+    for choice in search.precision_choices():
+        alpha = np.full(choice.alpha.shape, -5.0, np.float32)
+        alpha[np.arange(choice.channels) % len(choice.bits), np.arange(choice.channels)] = 5.0
+        choice.alpha.assign(alpha)
+    for act in search.activation_choices():
+        act.clip.assign(10.0)  # a fake-quant range far from the calibrated one
+    deploy = tfjpq.export(tfjpq.freeze(search))
+    art = tflm_export.convert(deploy, representative_data=x[:100], pack="int8")
+    assert _bias_scale_mismatches(art.model_bytes) == []
+    run = tflm_export.emulate(art, inputs=xt[:200])
+    agree = (np.asarray(run.outputs).argmax(1) == deploy.predict(xt[:200], verbose=0).argmax(1)).mean()
+    assert agree >= 0.97
