@@ -18,17 +18,27 @@ Give each free group ``g`` a width multiplier ``a_g <= 1``. The kernel of a
 weights (``a_in`` is the channel-weighted mean over the groups feeding it), a
 depthwise kernel ``a_in(l)``. ``crop`` picks the multipliers so that every
 layer's parameter count follows its density ``d_l`` as closely as possible,
-weighting each layer by its size ``n_l``::
+a linear least-squares problem in ``log a``::
 
-    minimize  sum_l  n_l * (log a_out(l) + log a_in(l) - log d_l) ** 2
+    minimize    sum_l d_l n_l (log a_out(l) + log a_in(l) - log d_l) ** 2     (per-layer fit)
+              + BALANCE sum_g N_g (log a_g - 1/2 log dbar_g) ** 2              (balance)
     subject to  a_g = 1 for fixed groups,  a_g <= 1
 
-(a linear least-squares problem in ``log a``). In a plain chain whose layers
-all have density ``d`` this is the familiar rule *output channels x
-sqrt(d), input channels following the producer*, so each layer keeps ``d`` of
-its weights. Then one common factor rescales all free multipliers so the
-total kernel parameter count hits ``sum_l d_l n_l`` (what an unstructured mask
-at the same densities keeps), and widths are rounded (at least
+``n_l`` is layer ``l``'s kernel size, so a layer weighs as many weights as it
+should keep: a small layer that the method pruned away (a 1x1 shortcut at
+density 0) follows its neighbours instead of dragging a shared width to zero.
+The balance term (``BALANCE = 0.1``; ``dbar_g`` the density of the group's
+producers, ``N_g`` the kept weights of the layers touching it) only settles
+what the fit leaves open: in a chain whose layers all have density ``d``, any
+wide/narrow alternation fits, and the balance picks the rule *output channels
+x sqrt(d), input channels following the producer*, so each layer keeps ``d``
+of its weights. The bound ``a <= 1`` is kept by an active set (pin at 1,
+solve again).
+
+Then one common factor rescales all free multipliers so the total kernel
+parameter count hits ``sum_l d_l n_l`` (what an unstructured mask at the same
+densities keeps; or the whole model's count, see ``match`` and
+``target_params`` of :func:`crop`), and widths are rounded (at least
 ``min_channels``).
 
 The cropped model is rebuilt layer by layer from each layer's ``get_config``
@@ -126,7 +136,6 @@ class _Graph:
         self.parent = []
         self.width = []
         self.fixed_roots = set()
-        self.members = {}  # group -> source layer names
         self.source_group = {}  # layer name -> group
         self.info = {}  # layer name -> _LayerInfo (first call)
         self.desc = {}  # id(KerasTensor) -> _Chan
@@ -218,7 +227,6 @@ class _Graph:
                 return _Chan([(seen.out_group, 1)])
             width = layer.filters if isinstance(layer, _CONV) else layer.units
             g = self.new_group(width)
-            self.members[g] = [name]
             self.source_group[name] = g
             self.info[name] = _LayerInfo(
                 layer, "source", chan.segs, g,

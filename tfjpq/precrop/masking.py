@@ -90,8 +90,9 @@ def apply_masks(model, masks: dict):
 def kept_fraction(model, per_layer: bool = False):
     """Fraction of nonzero weights in the scored kernels (overall, or ``{layer: fraction}``).
 
-    >>> kept_fraction(zoo.small_cnn())
-    1.0
+    Example::
+
+        precrop.kept_fraction(zoo.small_cnn())     # 1.0: nothing masked yet
     """
     layers_ = scored_layers(model)
     nz = {l.name: (int(np.count_nonzero(l.kernel.numpy())), int(np.prod(l.kernel.shape))) for l in layers_}

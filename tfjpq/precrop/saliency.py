@@ -69,8 +69,9 @@ def _flat_layers(model):
 def scored_layers(model) -> list:
     """The layers whose kernels are scored, in model order (names must be unique).
 
-    >>> [l.name for l in scored_layers(zoo.small_cnn())]
-    ['conv1', 'conv2', 'logits']
+    Example::
+
+        [l.name for l in precrop.scored_layers(zoo.small_cnn())]   # ['conv1', 'conv2', 'logits']
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
