@@ -1,12 +1,11 @@
-"""Flash bytes of one mixed-precision model exported three ways: int8-only, INT4/LUT-packed, ideal.
+"""Flash bytes of one searched mixed-precision model exported three ways: int8-only, INT4/LUT-packed, ideal.
 
-The model: zoo.small_cnn (width 16) trained on offline MNIST-5k, BatchNorm folded, then put on
-channel-wise mixed 2/4/8-bit grids in the layout tfjpq.export produces (one layer per precision
-group, named ``<layer>__w<bits>``, joined by Concatenate). Until the searched model from
-tfjpq.export is wired in, the precision groups are fixed here (GROUPS).
+The model: a ResNet-8 shape trained on offline MNIST-5k, searched with tfjpq (weight bits
+0/2/4/8, size cost), frozen, fine-tuned and exported by tfjpq.export (pruned channels gone,
+BN folded, one layer per precision group named ``<layer>__w<bits>``, joined by Concatenate).
 
     int8-only    tflm_export.convert(..., pack="int8")
-    packed       tflm_export.convert(..., pack="auto")   INT4 for conv groups <= 4 bits, LUT for Dense
+    packed       tflm_export.convert(..., pack="auto")   INT4 for conv groups <= 4 bits, LUT where it saves
     ideal        the int8 file with every weight costing exactly bits / 8 bytes
 
 Flash = flatbuffer bytes (+ the TFLM runtime-code estimate for the ops used, printed separately).
@@ -24,66 +23,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
 
 import tflm_export  # noqa: E402
-from tfjpq import datasets, quantizers, zoo  # noqa: E402
+from tfjpq import datasets, zoo  # noqa: E402
 
-# output channels per precision, in channel order: {layer: [(bits, channels), ...]}
-GROUPS = {
-    "conv1": [(8, 4), (4, 12)],
-    "conv2": [(2, 12), (4, 12), (8, 8)],
-    "logits": [(4, 10)],
-}
-EPOCHS = 5
+EPOCHS, SEARCH_EPOCHS, FINETUNE_EPOCHS, STRENGTH = 5, 6, 2, 5e-7
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_sizes.json")
 
 
-def fold_bn(kernel, bias, bn):
-    gamma, beta, mean, var = bn.get_weights()
-    f = gamma / np.sqrt(var + bn.epsilon)
-    return kernel * f, (bias - mean) * f + beta
+def searched_model(model, x, y):
+    """Search, freeze, fine-tune and export with tfjpq; returns the plain deploy model."""
+    import tfjpq
 
-
-def mixed_precision_model(trained):
-    """Rebuild small_cnn without BN, each layer split into precision groups + Concatenate."""
-    L = {l.name: l for l in trained.layers}
-    inp = keras.Input(trained.input_shape[1:], name="input")
-
-    def grouped_conv(x, name, bn):
-        conv = L[name]
-        k, b = fold_bn(conv.get_weights()[0], np.zeros(conv.filters, np.float32), L[bn])
-        outs, start = [], 0
-        for bits, ch in GROUPS[name]:
-            sl = slice(start, start + ch)
-            start += ch
-            g = layers.Conv2D(ch, conv.kernel_size, padding=conv.padding, name=f"{name}__w{bits}")
-            y = g(x)
-            g.set_weights([quantizers.quantize_weights_np(k[..., sl], bits), b[sl]])
-            outs.append(y)
-        return layers.Concatenate(name=f"{name}_concat")(outs) if len(outs) > 1 else outs[0]
-
-    x = layers.ReLU(name="relu1")(grouped_conv(inp, "conv1", "bn1"))
-    x = layers.ReLU(name="relu2")(grouped_conv(x, "conv2", "bn2"))
-    x = layers.MaxPooling2D(2, name="pool")(x)
-    x = layers.Flatten(name="flatten")(x)
-    dense = L["logits"]
-    (bits, _), = GROUPS["logits"]
-    d = layers.Dense(dense.units, name=f"logits__w{bits}")
-    out = d(x)
-    k, b = dense.get_weights()
-    d.set_weights([quantizers.quantize_weights_np(k, bits), b])
-    return keras.Model(inp, out, name="mnist_mixed")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", strength=STRENGTH)
+    search.compile(optimizer="adam", loss=loss, arch_optimizer=keras.optimizers.Adam(0.02))
+    search.fit(x, y, epochs=SEARCH_EPOCHS, batch_size=64, verbose=0,
+               callbacks=[tfjpq.callbacks.TemperatureDecay()])
+    tuned = tfjpq.freeze(search)
+    tuned.compile(optimizer=keras.optimizers.Adam(3e-4), loss=loss)
+    tuned.fit(x, y, epochs=FINETUNE_EPOCHS, batch_size=64, verbose=0)
+    return tfjpq.export(tuned)
 
 
 def main():
     t0 = time.time()
     (x_tr, y_tr), (x_te, y_te) = datasets.load("mnist5k")
-    model = zoo.small_cnn(input_shape=(28, 28, 1), width=16)
-    zoo.train(model, x_tr, y_tr, epochs=EPOCHS, lr=3e-3)
+    import tfjpq
+
+    model = zoo.resnet8(input_shape=(28, 28, 1))
+    zoo.train(model, x_tr, y_tr, epochs=EPOCHS)
     acc_float = float((model.predict(x_te, verbose=0).argmax(-1) == y_te).mean())
-    mixed = mixed_precision_model(model)
+    print(f"float ResNet-8 trained ({acc_float:.2%}); searching ...", flush=True)
+    mixed = searched_model(model, x_tr, y_tr)
+    prof = tfjpq.profile(mixed).totals
     acc_keras = float((mixed.predict(x_te, verbose=0).argmax(-1) == y_te).mean())
 
     int8 = tflm_export.convert(mixed, x_tr[:200], pack="int8", name="mnist_mixed")
@@ -109,7 +82,10 @@ def main():
     rows["ideal"] = {"model_bytes": int(round(ideal_file)), "weight_bytes": ideal_weights,
                      "flash_bytes": int(round(ideal_file)) + rows["int8"]["runtime_code_bytes"]}
 
-    print(f"model: small_cnn/16 on MNIST-5k, groups {GROUPS}, Keras accuracy float {acc_float:.2%} / mixed-precision {acc_keras:.2%} (no fine-tuning)")
+    print(f"model: searched ResNet-8 on MNIST-5k, bits {prof['bits_histogram']}, Keras accuracy float "
+          f"{acc_float:.2%} / searched+fine-tuned {acc_keras:.2%}")
+    print(f"tfjpq.profile predicts {prof['packed_bytes']:,} B of packed weights; the flatbuffer holds "
+          f"{tot['weights_measured_data_bytes']:,} B")
     print(f"{'export':8s} {'model B':>9s} {'weights B':>10s} {'flash B':>9s} {'arena B':>8s} {'TFLM acc':>9s}  methods")
     for label in ("int8", "packed", "ideal"):
         r = rows[label]
@@ -124,8 +100,11 @@ def main():
     print(f"packed model is {saved:.1%} smaller than int8-only and {gap:.1%} above the ideal bit count")
 
     result = {
-        "model": f"zoo.small_cnn(width=16), MNIST-5k, {EPOCHS} epochs (Adam 3e-3), BN folded",
-        "groups": {k: [list(g) for g in v] for k, v in GROUPS.items()},
+        "model": f"zoo.resnet8 on MNIST-5k: {EPOCHS} float epochs, tfjpq search {SEARCH_EPOCHS} epochs "
+                 f"(size cost, strength {STRENGTH}), {FINETUNE_EPOCHS} fine-tune epochs",
+        "bits_histogram": {str(k): v for k, v in prof["bits_histogram"].items()},
+        "profile_packed_bytes": prof["packed_bytes"],
+        "measured_packed_bytes": tot["weights_measured_data_bytes"],
         "keras_float_accuracy": acc_float,
         "keras_mixed_accuracy": acc_keras,
         "exports": rows,

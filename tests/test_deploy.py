@@ -39,8 +39,10 @@ def test_profile_predicts_flatbuffer_weight_bytes_within_5_percent(deployed):
 def test_tflm_cost_on_hard_choices_equals_stored_weights_plus_biases(deployed):
     frozen, _, art = deployed
     tot = art.report["totals"]
-    lut_tensors = sum(1 for r in art.report["tensors"] if r["method"] == "lut")
-    expected = tot["weights_measured_data_bytes"] + tot["bias_bytes"] + lut_tensors * 160
+    from tflm_export import storage
+
+    overhead = sum(storage.lut_overhead_bytes(r["channels"]) for r in art.report["tensors"] if r["method"] == "lut")
+    expected = tot["weights_measured_data_bytes"] + tot["bias_bytes"] + overhead
     assert float(frozen.cost()) == pytest.approx(expected, rel=0.05)
 
 

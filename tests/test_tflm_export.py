@@ -101,7 +101,7 @@ def test_storage_rules_match_formulas():
     assert p.method == "int4" and p.weight_bytes == 32 * 9 * 16 // 2 and p.arena_bytes == 32 * 9 * 16
     fc = storage.plan_tensor("FULLY_CONNECTED", (10, 256), bits=2)
     assert fc.method == "lut" and fc.index_bits == 2 and fc.table_len == 3
-    assert fc.weight_bytes == 2560 * 2 // 8 + 16 + 10 * 3 + storage.LUT_GRAPH_BYTES
+    assert fc.weight_bytes == 2560 * 2 // 8 + 16 + 10 * 3 + storage.lut_overhead_bytes(10)
     assert storage.plan_tensor("FULLY_CONNECTED", (10, 256), bits=4, pack="int4").method == "int8"  # no INT4 FC
     assert storage.plan_tensor("FULLY_CONNECTED", (4, 2), bits=2).method == "int8"  # LUT tables outweigh savings
     assert storage.plan_tensor("FULLY_CONNECTED", (4, 2), bits=2, pack="lut").method == "lut"  # forced

@@ -91,7 +91,7 @@ def packed_bytes(kind, bits, per_channel_weights, regroup) -> int:
         n = int(per_channel_weights)
         shape = {"dense": (len(g), n), "conv": (len(g), n, 1, 1), "depthwise": (1, n, 1, len(g))}[kind]
         plan = storage.plan_tensor(_OPS[kind], shape, bits=[int(b) for b in g])
-        total += plan.weight_bytes - (storage.LUT_GRAPH_BYTES if plan.method == "lut" else 0)
+        total += plan.weight_bytes - (storage.lut_overhead_bytes(len(g)) if plan.method == "lut" else 0)
     return int(total)
 
 
