@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 
@@ -99,7 +101,11 @@ def keras_to_int8(model, representative_data=None) -> bytes:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     try:
-        return bytes(conv.convert())
+        # The converter prints the saved-model signature and warns about input statistics
+        # it does not need (int8 inputs carry their own); keep the user's console readable.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return bytes(conv.convert())
     except Exception as e:
         msg = str(e).strip().splitlines()
         short = "\n".join(line for line in msg if "error" in line.lower())[:1500] or "\n".join(msg[-5:])
