@@ -30,7 +30,7 @@ import numpy as np
 
 from tfjpq import graph, quantizers
 from tfjpq.errors import UnsupportedModelError
-from tfjpq.layers import ActivationChoice, ActivationQuantizer, PrecisionChoice, _SearchLinear
+from tfjpq.layers import ActivationChoice, ActivationQuantizer, PrecisionChoice, SearchLinear
 from tfjpq.search import require_search_model
 
 
@@ -44,7 +44,7 @@ class _TensorState:
         self.repeat = int(repeat)  # flattened spatial positions
 
 
-def folded_kernel_and_bias(layer: _SearchLinear):
+def folded_kernel_and_bias(layer: SearchLinear):
     """Float kernel and bias of a search layer with its BatchNorm folded in (float32)."""
     w = layer.kernel.numpy().astype(np.float64)
     c = layer.out_channels
@@ -72,7 +72,7 @@ def quantize_mixed(w, bits_per_channel, channel_axis):
     return np.moveaxis(w, -1, channel_axis)
 
 
-def _plain_config(layer: _SearchLinear, name, out_channels, activation=None):
+def _plain_config(layer: SearchLinear, name, out_channels, activation=None):
     cfg = dict(layer.layer_config)
     cfg["name"] = name
     cfg["use_bias"] = True
@@ -91,7 +91,7 @@ def _plain_config(layer: _SearchLinear, name, out_channels, activation=None):
 _PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D, "dense": keras.layers.Dense}
 
 
-def _export_linear(layer: _SearchLinear, sel_bits, regroup, x: _TensorState, activation=None) -> _TensorState:
+def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, activation=None) -> _TensorState:
     w, b = folded_kernel_and_bias(layer)
     if layer.kind == "depthwise":
         order = x.cmap
@@ -158,7 +158,7 @@ def export(model, name=None) -> keras.Model:
         if isinstance(layer, PrecisionChoice):
             continue
         ins = [states[id(t)] for t in node.input_tensors if id(t) in states]
-        if isinstance(layer, _SearchLinear):
+        if isinstance(layer, SearchLinear):
             choice = choices[layer.group]
             act_node = fused.get(layer.name)
             activation = _activation_of(act_node.operation) if act_node is not None else None
@@ -215,7 +215,7 @@ def _fusable_activations(nodes):
     fused = {}
     for node in nodes:
         layer = node.operation
-        if not isinstance(layer, _SearchLinear) or graph.activation_name(layer.layer_config.get("activation")) != "linear":
+        if not isinstance(layer, SearchLinear) or graph.activation_name(layer.layer_config.get("activation")) != "linear":
             continue
         users = consumers.get(id(node.outputs[0]), [])
         if len(users) == 1 and _activation_of(users[0].operation) is not None:
@@ -224,7 +224,7 @@ def _fusable_activations(nodes):
 
 
 def _export_other(layer, node, ins):
-    kind = graph._layer_kind(layer)
+    kind = graph.layer_kind(layer)
     cfg = layer.get_config()
     x = ins[0]
     if kind == "concat":

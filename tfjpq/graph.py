@@ -168,7 +168,8 @@ def topological_nodes(model):
 # Analysis
 
 
-def _layer_kind(layer) -> str:
+def layer_kind(layer) -> str:
+    """What role a Keras layer plays for tfjpq ("conv", "bn", "act", "pass", "add", ... or "unsupported")."""
     L = keras.layers
     if isinstance(layer, L.DepthwiseConv2D):
         return "depthwise"
@@ -319,7 +320,7 @@ def analyze(model: keras.Model) -> Analysis:
 
     for node in nodes:
         layer = node.operation
-        kind = _layer_kind(layer)
+        kind = layer_kind(layer)
         ins = node.input_tensors
         out = node.outputs[0]
         oid = id(out)

@@ -202,7 +202,7 @@ class ActivationQuantizer(keras.layers.Layer):
         return cfg
 
 
-class _SearchLinear(keras.layers.Layer):
+class SearchLinear(keras.layers.Layer):
     """Shared machinery of the three search layers; see the module docstring."""
 
     kind = None
@@ -320,7 +320,7 @@ def _conv_out(size, k, s, d, padding):
     return (size - eff) // s + 1
 
 
-class _SearchConvBase(_SearchLinear):
+class _SearchConvBase(SearchLinear):
     def _conv_params(self):
         cfg = self.layer_config
         strides = tuple(cfg.get("strides", (1, 1)))
@@ -385,7 +385,7 @@ class SearchDepthwiseConv2D(_SearchConvBase):
 
 
 @_register
-class SearchDense(_SearchLinear):
+class SearchDense(SearchLinear):
     """Dense with a per-output-unit precision/pruning choice (and an absorbed BN)."""
 
     kind = "dense"

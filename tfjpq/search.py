@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfjpq import cost as cost_lib
 from tfjpq import graph, quantizers
 from tfjpq.errors import NotASearchModelError, UnsupportedModelError
-from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, _SearchLinear, check_mode
+from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, SearchLinear, check_mode
 
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
@@ -40,7 +40,7 @@ class SearchModel(keras.Model):
 
     # -- structure --------------------------------------------------------
     def search_layers(self):
-        return [layer for layer in self.layers if isinstance(layer, _SearchLinear)]
+        return [layer for layer in self.layers if isinstance(layer, SearchLinear)]
 
     def precision_choices(self):
         return [layer for layer in self.layers if isinstance(layer, PrecisionChoice)]

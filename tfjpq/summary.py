@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from tfjpq import graph
-from tfjpq.layers import _SearchLinear
+from tfjpq.layers import SearchLinear
 
 BITS_CANDIDATES = (2, 3, 4, 5, 6, 7, 8)
 
@@ -133,7 +133,7 @@ def _plain_rows(model):
     rows = []
     for node in graph.topological_nodes(model):
         layer = node.operation
-        kind = graph._layer_kind(layer)
+        kind = graph.layer_kind(layer)
         if kind not in ("conv", "depthwise", "dense"):
             continue
         w = layer.get_weights()[0]
