@@ -56,7 +56,7 @@ def accuracy_figure(rows, path):
             ax.set_title(model)
             ax.grid(alpha=0.3)
         axes[i, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("PreCrop (dense, narrower) vs unstructured mask at the same kernel density (0.5, 0.2, 0.1)")
+    fig.suptitle("PreCrop (narrower, dense) vs unstructured mask at the same parameter count (densities 0.5, 0.2, 0.1)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -77,7 +77,9 @@ def _layers_figure(rows, path, model_name="resnet8", density=0.2):
     for ax, r in zip(axes[0], picked):
         model = bench.MODELS[model_name](0)
         dens = r["layer_densities"]
-        small = precrop.crop(model, dens)
+        mask = [m for m in rows if m["model"] == model_name and m["variant"] == "mask"
+                and m["method"] == r["method"] and m["density"] == density]
+        small = precrop.crop(model, dens, target_params=mask[0]["params"] if mask else None)
         names = list(dens)
         kept = [np.prod(small.get_layer(n).kernel.shape) / np.prod(model.get_layer(n).kernel.shape) for n in names]
         pos = np.arange(len(names))

@@ -90,6 +90,18 @@ def test_synflow_is_data_free_and_iterative_differs_from_one_shot():
     assert min(d20.values()) > 0
 
 
+def test_synflow_scores_the_logits_of_a_softmax_model():
+    inp = keras.Input(SHAPE)
+    x = layers.Flatten()(layers.Conv2D(8, 3, name="c")(inp))
+    model = keras.Model(inp, layers.Dense(10, activation="softmax", name="out")(x))
+    s = precrop.scores(model, "synflow")
+    assert all(v.max() > 0 for v in s.values())  # with the softmax the sum is constant: all zero
+    assert model.get_layer("out").activation is keras.activations.softmax
+    with_layer = keras.Model(inp, layers.Softmax(name="sm")(layers.Dense(10)(x)))
+    with pytest.raises(ValueError, match="'sm' \\(Softmax\\)"):
+        precrop.scores(with_layer, "synflow")
+
+
 @pytest.mark.parametrize("method", ["snip", "grasp"])
 def test_data_methods_need_data(method):
     model = MODELS["small_cnn"]()

@@ -14,6 +14,8 @@ Every score has the same shape as the kernel it rates, and for every method a
   absolute value (Tanaka et al., 2020). Data-free. BatchNorm is linearized:
   inference mode, moving mean 0, ``|gamma|``, ``|beta|``, ``|variance|``, so
   the whole network is a positive, (piecewise) linear function of its input.
+  A softmax/sigmoid activation on an output layer is switched off while
+  scoring (their sum would be constant).
 
 Scored layers are the kernels of ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` and
 ``Dense``. Biases and normalization parameters are not scored (they are never
@@ -99,6 +101,31 @@ def scored_layers(model) -> list:
 
 
 # --------------------------------------------------------------------------- state
+
+
+@contextlib.contextmanager
+def _logits_output(model, method):
+    """SynFlow sums the outputs; a softmax would make that sum constant. Score the logits instead."""
+    if method != "synflow":
+        yield
+        return
+    outputs = [t._keras_history.operation for t in model.outputs] if getattr(model, "outputs", None) else []
+    swapped = []
+    for layer in outputs:
+        if isinstance(layer, layers.Softmax):
+            raise ValueError(
+                f"method='synflow' sums the model's outputs, and output layer {layer.name!r} (Softmax) makes "
+                "that sum constant; score the model without its final Softmax layer"
+            )
+        act = getattr(layer, "activation", None)
+        if act is not None and getattr(act, "__name__", "") in ("softmax", "sigmoid", "log_softmax"):
+            swapped.append((layer, act))
+            layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        for layer, act in swapped:
+            layer.activation = act
 
 
 @contextlib.contextmanager
@@ -317,7 +344,7 @@ def scores(
     _check_method(method)
     layers_ = scored_layers(model)
     originals = [l.kernel.numpy() for l in layers_]
-    with _restored(model):
+    with _restored(model), _logits_output(model, method):
         _apply_masks_now(layers_, originals, masks)
         if method == "snip":
             return _snip(model, layers_, data, loss, batch_size, max_batches)
@@ -397,7 +424,7 @@ def masks(
     layers_ = scored_layers(model)
     originals = [l.kernel.numpy() for l in layers_]
     alive = None
-    with _restored(model):
+    with _restored(model), _logits_output(model, method):
         grad_fn = _synflow_grad_fn(model, [l.kernel for l in layers_]) if method == "synflow" else None
         for k in range(1, iterations + 1):
             if method == "synflow":
