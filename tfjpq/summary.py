@@ -4,7 +4,8 @@ Works on search models (the current argmax choices: what ``freeze`` would
 fix), frozen models, exported models and any plain Keras model. For plain
 models each output channel's precision is read from its weights: the smallest
 bit-width whose symmetric grid holds them; float weights count as 8 bits (what
-int8 conversion stores).
+int8 conversion stores). An all-zero channel of a plain model (a mask, not a
+removal) still counts: it is stored and computed, at 2 bits.
 
 Weight bytes are the ideal packed size, ``sum(weights x bits) / 8``; biases
 (int32 after conversion) are counted apart. ``packed_bytes`` is what
@@ -141,6 +142,7 @@ def _plain_rows(model):
         pixels = int(np.prod([int(d) for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
         axis = 2 if kind == "depthwise" else -1
         bits = detect_channel_bits(w, axis)
+        bits[bits == 0] = 2  # an all-zero channel (a mask, not a removal) is still stored and computed
         taps = int(np.prod(w.shape[:2])) if kind != "dense" else 1
         cin = int(w.shape[-2]) if kind != "depthwise" else 1
         act = None
