@@ -83,6 +83,11 @@ def test_standalone_bn_and_sigmoid_stop_pruning_upstream():
     search = tfjpq.wrap(keras.Model(inp, out))
     assert 0 not in _choice_of(search, "c1").bits
     assert 0 not in _choice_of(search, "c2").bits
+    # the user can see why
+    assert "BatchNormalization bn" in _choice_of(search, "c1").note
+    notes = {r["name"]: r.get("note", "") for r in tfjpq.profile(search).rows}
+    assert "sig maps 0 to a non-zero value" in notes["c2"]
+    assert "reaches a model output" in notes["d"]
 
 
 class _Subclassed(keras.Model):

@@ -104,9 +104,6 @@ class Analysis:
     absorbed_bn: dict  # bn name -> linear name
     consumers: dict  # tensor id -> list of nodes
 
-    def group_of(self, name: str) -> Group:
-        return self.groups[self.linears[name].group]
-
 
 # ---------------------------------------------------------------------------
 # Validation
@@ -302,7 +299,7 @@ def analyze(model: keras.Model) -> Analysis:
                 if regroup_too:
                     r.regroup = False
 
-    def union(a, b, reason):
+    def union(a, b):
         ra, rb = root(a), root(b)
         if ra is rb:
             return
@@ -443,7 +440,7 @@ def analyze(model: keras.Model) -> Analysis:
                                 root(other).prunable = False
                                 root(other).reasons.append(f"{layer.name} adds it to the model input")
                         else:
-                            union(ga, gb, layer.name)
+                            union(ga, gb)
                 layouts[oid] = first
             else:
                 for lay in in_layouts:

@@ -71,9 +71,10 @@ class PrecisionChoice(keras.layers.Layer):
         theta = choice(x)          # (4, 16), columns sum to 1
     """
 
-    def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, **kwargs):
+    def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, note="", **kwargs):
         super().__init__(**kwargs)
         self.regroup = bool(regroup)  # may export reorder these channels by precision
+        self.note = str(note)  # why the group may not prune, if it may not
         for b in bits:
             quantizers.check_weight_bits(b)
         if len(set(bits)) != len(bits) or list(bits) != sorted(bits):
@@ -115,7 +116,7 @@ class PrecisionChoice(keras.layers.Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg.update(channels=self.channels, bits=list(self.bits), temperature=self.initial_temperature, mode=self.mode,
-                   regroup=self.regroup)
+                   regroup=self.regroup, note=self.note)
         return cfg
 
 

@@ -171,13 +171,17 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
     new_inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     tensors = {id(old): new for old, new in zip(model.inputs, new_inputs)}
 
-    group_names, thetas = {}, {}
+    group_names, group_bits, thetas = {}, {}, {}
     for gid, group in info.groups.items():
         name = f"{group.members[0]}_wbits"
         bits = weight_bits if group.prunable else tuple(b for b in weight_bits if b != 0)
+        note = ""
+        if not group.prunable and 0 in weight_bits:
+            note = "never pruned: " + "; ".join(dict.fromkeys(group.reasons))
         choice = PrecisionChoice(group.channels, bits=bits, temperature=temperature, mode=mode,
-                                 regroup=group.regroup, name=name)
+                                 regroup=group.regroup, note=note, name=name)
         group_names[gid] = name
+        group_bits[gid] = bits
         thetas[gid] = choice(new_inputs[0])
 
     # Tensors read by a linear layer get one activation quantizer, shared by all their consumers.
@@ -204,7 +208,7 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
             cls = SEARCH_LAYERS[li.kind]
             layout = [[group_names[g] if g is not None else None, c] for g, c in li.input_layout.segments]
             search_layer = cls(
-                layer_config=layer.get_config(), weight_bits=_group_bits(thetas[li.group]),
+                layer_config=layer.get_config(), weight_bits=group_bits[li.group],
                 bn_config=li.bn.get_config() if li.bn is not None else None, input_layout=layout,
                 input_repeat=li.input_layout.repeat, act_quantizer=act_names.get(li.input_tensor_id),
                 group=group_names[li.group], name=layer.name,
@@ -231,10 +235,6 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
     return SearchModel(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
                        outputs=outputs if len(outputs) > 1 else outputs[0],
                        cost=cost_model, strength=strength, name=f"{model.name}_search")
-
-
-def _group_bits(theta_tensor):
-    return theta_tensor._keras_history.operation.bits
 
 
 def _bn_output(info, li):

@@ -73,6 +73,9 @@ class Profile:
                      f"(all-8-bit {t['weight_bytes_int8']:,.0f}, {t['size_ratio']:.1%}; TFLM-packed "
                      f"{t['packed_bytes']:,d}); "
                      f"bias bytes {t['bias_bytes']:,d}; MACs {t['macs']:,d}")
+        for r in self.rows:
+            if r.get("note"):
+                lines.append(f"  {r['name']}: {r['note']}")
         return "\n".join(lines)
 
 
@@ -118,6 +121,7 @@ def _search_rows(model):
     selected = {n: c.selected_bits() for n, c in choices.items()}
     rows = []
     for layer in model.search_layers():
+        note = choices[layer.group].note
         cin = 0
         for gname, channels in layer.input_layout:
             cin += int(np.sum(selected[gname] != 0)) if gname is not None else channels
@@ -126,6 +130,8 @@ def _search_rows(model):
         regroup = choices[layer.group].regroup and layer.kind != "depthwise"
         rows.append(_row(layer.name, layer.kind, layer.out_channels, selected[layer.group], cin,
                          layer.kernel_taps(), layer.out_pixels(), act, regroup))
+        if note:
+            rows[-1]["note"] = note
     return rows
 
 
