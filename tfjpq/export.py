@@ -152,6 +152,7 @@ def export(model, name=None) -> keras.Model:
 
     nodes = graph.topological_nodes(model)
     fused = _fusable_activations(nodes)
+    fused_ids = {id(n) for n in fused.values()}
     for node in nodes:
         layer = node.operation
         out = node.outputs[0]
@@ -167,7 +168,7 @@ def export(model, name=None) -> keras.Model:
             if act_node is not None:
                 states[id(act_node.outputs[0])] = st
             continue
-        if any(node is n for n in fused.values()):
+        if id(node) in fused_ids:
             continue  # folded into the layer before it
         if isinstance(layer, ActivationChoice):
             q = ActivationQuantizer(bits=layer.selected_bits(), clip=float(layer.clip.numpy()), signed=layer.signed,

@@ -370,9 +370,6 @@ class SearchDepthwiseConv2D(_SearchConvBase):
     def out_channels(self):
         return self._channels
 
-    def kernel_taps(self):
-        return int(np.prod(self.layer_config["kernel_size"]))
-
     def kernel_shape(self, cin):
         return tuple(self.layer_config["kernel_size"]) + (cin, 1)
 
@@ -395,9 +392,6 @@ class SearchDense(SearchLinear):
     @property
     def out_channels(self):
         return int(self.layer_config["units"])
-
-    def kernel_taps(self):
-        return 1
 
     def kernel_shape(self, cin):
         return (cin, self.out_channels)

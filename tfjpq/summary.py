@@ -29,6 +29,7 @@ import numpy as np
 
 from tfjpq import graph
 from tfjpq.layers import SearchLinear
+from tfjpq.search import SearchModel, live_input_mask
 
 BITS_CANDIDATES = (2, 3, 4, 5, 6, 7, 8)
 
@@ -122,10 +123,7 @@ def _search_rows(model):
     rows = []
     for layer in model.search_layers():
         note = choices[layer.group].note
-        cin = 0
-        for gname, channels in layer.input_layout:
-            cin += int(np.sum(selected[gname] != 0)) if gname is not None else channels
-        cin *= layer.input_repeat
+        cin = int(live_input_mask(layer, selected).sum())
         act = acts[layer.act_quantizer].selected_bits() if layer.act_quantizer else None
         regroup = choices[layer.group].regroup and layer.kind != "depthwise"
         rows.append(_row(layer.name, layer.kind, layer.out_channels, selected[layer.group], cin,
@@ -161,8 +159,6 @@ def _plain_rows(model):
 
 def profile(model) -> Profile:
     """Per-layer and total figures (see module docstring); ``rows`` are dicts, ``totals`` a dict."""
-    from tfjpq.search import SearchModel
-
     rows = _search_rows(model) if isinstance(model, SearchModel) else _plain_rows(model)
     hist = {}
     for r in rows:
