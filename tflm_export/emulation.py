@@ -24,7 +24,11 @@ class EmulationResult:
         flash_bytes: ``model_bytes + runtime_code_bytes``.
         model_bytes: flatbuffer size.
         runtime_code_bytes: estimate of the TFLM runtime plus kernels used (:mod:`tflm_export.cycles`).
-        latency_ms / cycles: estimated single-inference latency on the board's core.
+        latency_ms / cycles: *estimated* single-inference latency on the board's core, from the cycle
+            model in :mod:`tflm_export.cycles` (calibrated against published TFLM measurements).
+        latency_error: relative error band of that estimate (0.20 = +-20 %: the largest error on
+            published measurements held out of the calibration), None where no held-out
+            measurement exists (``kernels="reference"``).
         per_op: one dict per operator: index, op, macs, elements, cycles, ms.
         board: the :class:`~tflm_export.boards.Board`.
         fits: arena and flash within the board's budgets.
@@ -43,8 +47,24 @@ class EmulationResult:
     board: Board
     fits: bool
     kernels: str = "cmsis-nn"
+    latency_error: float | None = None
     allocations: str = ""
     ops: tuple = field(default_factory=tuple)
+
+    @property
+    def latency_range_ms(self):
+        """``(low, high)`` latency in ms from the error band, or None when the band is unknown."""
+        if self.latency_error is None:
+            return None
+        return (self.latency_ms * (1 - self.latency_error), self.latency_ms * (1 + self.latency_error))
+
+    def latency_note(self) -> str:
+        """One line saying the latency is an estimate, with its error band."""
+        band = (f"+-{100 * self.latency_error:.0f} % (largest error on published TFLM measurements held out of "
+                f"the calibration)" if self.latency_error is not None
+                else "error band unknown (no held-out measurement for these kernels)")
+        return (f"ESTIMATE from the cycle model, not measured: {band}; "
+                f"see docs/tflm_export.md 'Cycle model'")
 
     def summary(self) -> str:
         """A printable board report."""
@@ -55,7 +75,10 @@ class EmulationResult:
             f"({100.0 * self.arena_bytes / b.arena_budget:5.1f}%)",
             f"  flash        {self.flash_bytes:>10,} B of {b.flash_budget:>10,} B "
             f"({100.0 * self.flash_bytes / b.flash_budget:5.1f}%)  = model {self.model_bytes:,} + runtime code ~{self.runtime_code_bytes:,}",
-            f"  latency      {self.latency_ms:10.3f} ms  ({self.cycles:,} cycles, estimated)",
+            f"  latency      {self.latency_ms:10.3f} ms  ({self.cycles:,} cycles, estimated"
+            + (f", {self.latency_range_ms[0]:.3f}-{self.latency_range_ms[1]:.3f} ms)" if self.latency_error is not None
+               else ")"),
+            f"               {self.latency_note()}",
             f"  fits         {'yes' if self.fits else 'NO'}",
         ]
         top = sorted(self.per_op, key=lambda r: -r["cycles"])[:5]
@@ -91,7 +114,8 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
         inputs: float inputs ``(samples, ...)`` (quantized with the input tensor's scale / zero point)
             or already-int8 arrays; a list for multi-input models. ``None`` runs one zero input just
             to measure the arena.
-        kernels: ``"cmsis-nn"`` (optimized, default) or ``"reference"`` for the latency model.
+        kernels: ``"cmsis-nn"`` (optimized kernels of current TFLM, default), ``"cmsis-nn-2020"`` (TFLM <= 2.4
+            as in the MLPerf Tiny v0.5 reference) or ``"reference"`` (portable C) for the latency model.
         check_fit: raise DoesNotFit when arena or flash exceed the board (the exception carries the
             result as ``.result``); with False, look at ``result.fits``.
         arena_size: arena handed to the interpreter for the run (default: generous).
@@ -144,7 +168,7 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
         raw_outputs=(raw_out[0] if single else raw_out) if given else None,
         arena_bytes=res.arena_bytes, flash_bytes=flash, model_bytes=len(data), runtime_code_bytes=code,
         latency_ms=total / (b.clock_mhz * 1000.0), cycles=total, per_op=rows, board=b, fits=fits,
-        kernels=kernels, allocations=res.allocations, ops=tuple(dict.fromkeys(info.op_names)),
+        kernels=kernels, latency_error=cycles.error_band(kernels), allocations=res.allocations, ops=tuple(dict.fromkeys(info.op_names)),
     )
     if check_fit and not fits:
         if res.arena_bytes > b.arena_budget:
