@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED = 1
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench venv clean firmware-size latency-calibration
 
 venv: $(VENV)/.installed
 
@@ -30,3 +30,21 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Cortex-M4 build of the generated model_data.cc: installs Debian's gcc-arm-none-eabi when missing,
+# cross-compiles (-mcpu=cortex-m4 -mthumb -Os) and compares the real .rodata of the model array with
+# the flatbuffer. FW_DIR: a folder written by tflm_export.convert(..., out_dir=...); without one, the
+# zoo's DS-CNN is exported to build/firmware-size first.
+FW_DIR ?= build/firmware-size
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+firmware-size: venv
+	@command -v arm-none-eabi-g++ >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y --no-install-recommends gcc-arm-none-eabi binutils-arm-none-eabi; }
+	@test -f $(FW_DIR)/model_data.cc || $(PY) -c "import numpy as np, tflm_export; from tfjpq import zoo; \
+		x = np.random.default_rng(0).uniform(0, 1, (64, 28, 28, 1)).astype('float32'); \
+		tflm_export.convert(zoo.ds_cnn(), representative_data=x, out_dir='$(FW_DIR)', overwrite=True, name='ds_cnn')"
+	$(PY) -c "import sys; from tflm_export import codegen; sys.exit(codegen.main(['$(FW_DIR)']))"
+
+# Cycle model vs published TFLM latencies (benchmarks/results/latency_calibration.json).
+latency-calibration: venv
+	$(PY) benchmarks/latency_calibration.py
