@@ -17,7 +17,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 import tflm_export  # noqa: E402
-from tflm_export import modelinfo, packing, storage  # noqa: E402
+from tflm_export import lean, modelinfo, packing, storage  # noqa: E402
 from tfjpq import quantizers, zoo  # noqa: E402
 
 layers = keras.layers
@@ -101,6 +101,7 @@ def test_storage_rules_match_formulas():
     assert p.method == "int4" and p.weight_bytes == 32 * 9 * 16 // 2 and p.arena_bytes == 32 * 9 * 16
     fc = storage.plan_tensor("FULLY_CONNECTED", (10, 256), bits=2)
     assert fc.method == "lut" and fc.index_bits == 2 and fc.table_len == 3
+    assert fc.lut_tables == 10   # one value table per channel (see storage.SHARED_LUT_TABLES)
     assert fc.weight_bytes == 2560 * 2 // 8 + 16 + 10 * 3 + storage.lut_overhead_bytes(10)
     assert storage.plan_tensor("FULLY_CONNECTED", (10, 256), bits=4, pack="int4").method == "int8"  # no INT4 FC
     assert storage.plan_tensor("FULLY_CONNECTED", (4, 2), bits=2).method == "int8"  # LUT tables outweigh savings
@@ -168,7 +169,7 @@ def test_int4_shrinks_and_is_exact_against_regridded_int8(deploy4, art4, digits)
     (x_tr, _), (x_te, _) = digits
     plain = tflm_export.convert(deploy4, x_tr[:300], pack="int8", check_tflm=False)
     int4 = tflm_export.convert(deploy4, x_tr[:300], pack="int4")
-    assert plain.model_bytes == art4.int8_model_bytes           # same converter output underneath
+    assert plain.model_bytes == lean.strip(art4.int8_model_bytes)   # same converter output underneath
     assert {r["method"] for r in int4.report["tensors"] if r["layer"] != "head"} == {"int4"}
     assert int4.size < plain.size
     # same model with the INT4 rescaling but int8 storage: must match INT4 bit for bit
@@ -186,8 +187,9 @@ def test_int4_shrinks_and_is_exact_against_regridded_int8(deploy4, art4, digits)
           f"vs plain int8: max |diff| {diff.max()} LSB, {np.mean(diff > 0):.2%} of outputs differ, "
           f"top-1 agreement {agree:.2%}")
     assert agree >= 0.99
-    # tf.lite also runs the INT4 model, identically
-    ref = _tflite_ref(int4.model_bytes, xq)
+    # tf.lite also runs the INT4 model (unstripped: tf.lite wants a zero point per scale), identically
+    full = tflm_export.convert(deploy4, x_tr[:300], pack="int4", strip=False, check_tflm=False)
+    ref = _tflite_ref(full.model_bytes, xq)
     assert np.array_equal(r4, ref.reshape(r4.shape))
 
 

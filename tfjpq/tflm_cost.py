@@ -7,8 +7,8 @@ counts:
 
 * int8: ``N`` bytes; INT4 (conv / depthwise, ``b <= 4``): ``N / 2``;
 * LUT (``b < 8``): ``N * b / 8`` index bytes + 16-byte header +
-  ``channels * (2**b - 1)`` table bytes + the DECODE graph records
-  (``340 + 12 * channels``, the constant counted once the group has a channel);
+  ``channels * (2**b - 1)`` table bytes + the DECODE graph records of the lean flatbuffer
+  (``storage.LUT_GRAPH_BYTES``, counted once the group has a channel);
 * plus the int32 bias, 4 bytes per kept channel.
 
 ``objective="latency"`` (ms on the board's core): MACs per precision group
@@ -67,9 +67,7 @@ class TFLMCost(CostModel):
             cands.append(storage.int4_bytes(n, exact=False))
         if b < 8 and b <= storage.LUT_MAX_INDEX_BITS:
             lut = storage.lut_bytes(n, channels, b, storage.grid_values(b), exact=False, graph=False)
-            overhead = (storage.LUT_GRAPH_BYTES * tf.minimum(channels, 1.0)
-                        + storage.LUT_GRAPH_BYTES_PER_CHANNEL * channels)
-            cands.append(lut + overhead)
+            cands.append(lut + storage.LUT_GRAPH_BYTES * tf.minimum(channels, 1.0))
         return tf.reduce_min(tf.stack([tf.cast(c, tf.float32) for c in cands]))
 
     def _flash(self, t):

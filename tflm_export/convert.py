@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from tflm_export import modelinfo, packing, repair, storage
+from tflm_export import lean, modelinfo, packing, repair, storage
 from tflm_export.artifact import Artifact, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
 from tflm_export.errors import ConversionError
@@ -116,7 +116,7 @@ def keras_to_int8(model, representative_data=None) -> bytes:
 
 
 def convert(model, representative_data=None, pack: str = "auto", out_dir=None, overwrite: bool = False,
-            weight_bits=None, name: str | None = None, check_tflm: bool = True) -> Artifact:
+            weight_bits=None, name: str | None = None, check_tflm: bool = True, strip: bool = True) -> Artifact:
     """Convert a Keras 3 model to a full-int8 TFLite flatbuffer with sub-byte weight storage.
 
     Args:
@@ -136,6 +136,9 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
         name: C identifier for ``g_<name>_model_data``; defaults to the Keras model name.
         check_tflm: fail with UnsupportedOpError when the flatbuffer uses an operator TFLM lacks,
             and measure the arena with the TFLM interpreter.
+        strip: drop what TFLM never reads (names, signature defs, metadata, bias quantization,
+            repeated zero points) and write repeated records once (:mod:`tflm_export.lean`);
+            outputs and arena in TFLM are unchanged. ``False`` keeps the converter's records.
 
     Returns:
         An :class:`~tflm_export.artifact.Artifact`.
@@ -157,12 +160,15 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
         modelinfo.check_tflm_ops(base_info)
 
     weights = packing.analyze(int8_bytes, layer_names, weight_bits)
-    plans = packing.plan(weights, pack)
+    plans = packing.plan(weights, pack, strip=strip)
     packed, notes = packing.apply(int8_bytes, weights, plans)
-    if pack == "auto" and len(packed) >= len(int8_bytes) and not weight_bits:
+    plain = lean.strip(int8_bytes) if strip else int8_bytes
+    if strip:
+        packed = lean.strip(packed)
+    if pack == "auto" and len(packed) >= len(plain) and not weight_bits:
         # packing bookkeeping outweighed the savings: keep the plain int8 model
-        plans = packing.plan(weights, "int8")
-        packed, notes = int8_bytes, {}
+        plans = packing.plan(weights, "int8", strip=strip)
+        packed, notes = plain, {}
     info = modelinfo.inspect_model(packed)
 
     arena = None
@@ -190,17 +196,18 @@ def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans
     """Per-tensor storage (bits, bytes, method) and totals, as written to report.json."""
     rows = []
     tot_int8 = tot_stored = tot_ideal = tot_bias = tot_measured = 0
-    by_name = {}
-    for t in info.tensors:
-        if t.data_bytes and t.name not in by_name:
-            by_name[t.name] = t.data_bytes
+    # Stored data per weight tensor, by index: packing and stripping keep tensor indices
+    # (names may be gone); a LUT tensor's ancillary data is the DECODE op's second input.
+    ancillary = {op.inputs[0]: op.inputs[1] for op in info.ops if op.name == "TFLM_DECODE" and len(op.inputs) > 1}
     for w in weights:
         p = plans[w.tensor_index]
         bits_hist = {str(b): int((w.channel_bits == b).sum()) for b in sorted(set(w.channel_bits.tolist()))}
         ideal = sum(int(np.prod(w.shape)) // w.channels * int(b) for b in w.channel_bits) / 8.0
         bias = base_info.tensors[w.bias_index] if w.bias_index is not None else None
         bias_b = bias.data_bytes if bias is not None else 0
-        measured = by_name.get(w.name, 0) + (by_name.get(w.name + "_ancillary", 0) if p.method == "lut" else 0)
+        measured = info.tensors[w.tensor_index].data_bytes
+        if p.method == "lut" and w.tensor_index in ancillary:
+            measured += info.tensors[ancillary[w.tensor_index]].data_bytes
         rows.append({
             "tensor": w.name, "layer": w.layer, "op": w.op, "shape": list(w.shape), "channels": w.channels,
             "grid_bits": w.bits, "channel_bits": bits_hist, "forced_bits": w.forced_bits,
@@ -238,6 +245,8 @@ def build_report(name, pack, int8_bytes, packed, info, base_info, weights, plans
             "bias_bytes": tot_bias,
             "constant_data_bytes": info.buffers_bytes,
             "flatbuffer_overhead_bytes": len(packed) - info.buffers_bytes,
+            "breakdown": lean.breakdown(packed)["parts"],
+            "flash_efficiency": round((tot_ideal + tot_bias) / len(packed), 4),
             "methods": methods,
             "saved_bytes_vs_int8": len(int8_bytes) - len(packed),
         },

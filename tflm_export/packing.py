@@ -77,6 +77,7 @@ class WeightTensor:
     distinct: np.ndarray          # per-channel distinct values
     bias_index: int | None = None
     forced_bits: int | None = None
+    tensor_distinct: int = 0      # distinct values in the whole tensor (one LUT table serves all channels)
 
     @property
     def channels(self) -> int:
@@ -166,7 +167,8 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None) -> list:
         out_name = op.outputs[0].name if op.outputs else ""
         layer = _layer_for([t.name, out_name], layer_names)
         wt = WeightTensor(t.index, t.name or f"tensor{t.index}", fbname, oi, layer, tuple(int(s) for s in t.shape),
-                          axis, levels, distinct, None if bias is None else bias.index)
+                          axis, levels, distinct, None if bias is None else bias.index,
+                          tensor_distinct=int(np.unique(arr).size))
         if layer is not None and layer in weight_bits:
             b = int(weight_bits[layer])
             if b not in range(2, 9):
@@ -184,16 +186,23 @@ def _op_name(op) -> str:
     return names.get(op.opcode, str(op.opcode))
 
 
-def plan(weights, pack: str = "auto") -> dict:
-    """Storage plan per tensor index, by the rules of :mod:`tflm_export.storage`."""
+def plan(weights, pack: str = "auto", strip: bool = True) -> dict:
+    """Storage plan per tensor index, by the rules of :mod:`tflm_export.storage`.
+
+    ``strip=False`` prices the LUT tensor names that a non-lean flatbuffer keeps.
+    """
     plans = {}
     for w in weights:
+        tensor_distinct = w.tensor_distinct or None
         if w.forced_bits is not None:
             distinct = min(storage.grid_values(w.forced_bits), int(w.distinct.max()) if w.forced_bits >= 8 else 10**9)
+            if w.forced_bits < 8:   # snapped onto one grid shared by every channel
+                tensor_distinct = min(storage.grid_values(w.forced_bits), tensor_distinct or 10**9)
         else:
             distinct = int(w.distinct.max()) if w.distinct.size else 1
+        names = 0 if strip else storage.lut_graph_bytes(w.name, strip=False) - storage.lut_graph_bytes(strip=False)
         p = storage.plan_tensor(w.op, w.shape, bits=w.bits, distinct=distinct, pack=pack,
-                                extra_graph_bytes=storage.lut_graph_bytes(w.name) - storage.LUT_GRAPH_BYTES)
+                                tensor_distinct=tensor_distinct, extra_graph_bytes=names, strip=strip)
         if p.method == "int4" and w.forced_bits is None and w.channel_bits.max() > storage.INT4_MAX_BITS:
             p = storage.plan_tensor(w.op, w.shape, bits=8, pack="int8")
         plans[w.tensor_index] = p
@@ -310,10 +319,11 @@ def apply(model_bytes: bytes, weights, plans: dict, regrid_only: bool = False) -
             bq = b.array.astype(np.int64)
             new_b = np.array([np.round(bq[c] * levels[c] / 127.0) if levels[c] else bq[c] for c in range(w.channels)])
             bs = list(b.quantization.scales) if b.quantization else None
-            if not bs or len(bs) != w.channels:
+            if bs is not None and len(bs) != w.channels:
                 raise PackingError(f"INT4 needs a per-channel int32 bias scale on {b.name!r}")
-            b.quantization = me.Quantization(scales=[float(np.float32(s * f)) for s, f in zip(bs, factor)],
-                                             zero_points=[0] * w.channels, axis=0)
+            if bs is not None:   # a lean flatbuffer has none: TFLM does not read it
+                b.quantization = me.Quantization(scales=[float(np.float32(s * f)) for s, f in zip(bs, factor)],
+                                                 zero_points=[0] * w.channels, axis=0)
             b.buffer = me.Buffer(data=new_b.astype(np.int32).tobytes())
             exact_b = bq * np.array([n if n else 127 for n in levels], dtype=np.float64) / 127.0
             notes.setdefault(w.name, {})["bias_rounding_lsb"] = float(np.abs(exact_b - new_b).max()) if bq.size else 0.0
@@ -335,7 +345,8 @@ def apply(model_bytes: bytes, weights, plans: dict, regrid_only: bool = False) -
         specs = [spec.Tensor(subgraph=0, tensor=idx,
                              compression=[spec.LookUpTableCompression(
                                  index_bitwidth=p.index_bits,
-                                 mode=spec.PerChannel(axis=by_index[idx].channel_axis))])
+                                 mode=(spec.PerTensor() if p.lut_tables == 1
+                                       else spec.PerChannel(axis=by_index[idx].channel_axis)))])
                  for idx, p in lut]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -70,15 +70,25 @@ WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
 #: Output-channel axis of each op's weight tensor in the flatbuffer (OHWI, 1HWO, OI).
 CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
+#: One LUT value table for a whole tensor would serve grid-aligned weights (every channel
+#: has the same int8 values), but the TFLM DECODE kernel of the pinned tflite-micro
+#: (0.dev20261023) gives wrong outputs with per-tensor tables on CONV_2D, DEPTHWISE_CONV_2D
+#: and FULLY_CONNECTED (checked by tests/test_lean.py). Off until that is fixed upstream.
+SHARED_LUT_TABLES = False
 LUT_HEADER_BYTES = 16
 LUT_MAX_INDEX_BITS = 7
-#: Flatbuffer bytes a LUT-compressed tensor adds besides data: one DECODE
-#: operator record, the ancillary and decoded tensor records (without names).
-#: Measured on this exporter's output; tensor names come on top (see lut_graph_bytes).
-LUT_GRAPH_BYTES = 340
-#: ... plus, per output channel, the decoded tensor's quantization record (a float32 scale
-#: and an int64 zero point). Measured: 10, 32 and 64 channels added 450, 728 and 1112 bytes.
-LUT_GRAPH_BYTES_PER_CHANNEL = 12
+#: Flatbuffer bytes a LUT-compressed tensor adds besides its data, in the lean
+#: flatbuffer ``convert`` writes by default (:mod:`tflm_export.lean`): the DECODE
+#: operator record, the ancillary and decoded tensor records and the ancillary
+#: buffer record. Measured on this exporter's output (tests/test_storage.py).
+LUT_GRAPH_BYTES = 140
+#: ... within about +-30 bytes (buffer alignment; the first LUT tensor also brings the DECODE
+#: operator code, about 24 bytes).
+#: The same, for ``strip=False`` flatbuffers: DECODE and tensor records with
+#: their per-channel quantization copies (a float32 scale and an int64 zero
+#: point per channel); the two derived tensor names come on top.
+LUT_GRAPH_BYTES_UNSTRIPPED = 64
+LUT_GRAPH_BYTES_PER_CHANNEL_UNSTRIPPED = 12
 INT4_MAX_BITS = 4
 BIAS_BYTES_PER_CHANNEL = 4
 ALIGNMENT = 16
@@ -91,6 +101,26 @@ def _ceil(x, exact):
 def grid_values(bits: int) -> int:
     """Distinct values of the symmetric narrow-range ``bits`` grid (``2**bits - 1``; 0 bits -> 1, the zero)."""
     return 1 if bits == 0 else 2 ** int(bits) - 1
+
+
+def grid_union_values(widths) -> int:
+    """Distinct int8 values of the union of several narrow-range grids (as the converter stores them).
+
+    A ``b``-bit channel takes the values ``round(k * 127 / n)``, ``n = 2**(b-1) - 1``;
+    a tensor whose channels use several widths has the union of their grids.
+
+    >>> grid_union_values([2, 4]), grid_union_values([3, 4])
+    (15, 19)
+    """
+    values = {0}
+    for b in widths:
+        if int(b) <= 0:
+            continue
+        if int(b) >= 8:
+            return 255
+        n = 2 ** (int(b) - 1) - 1
+        values.update(int(round(k * 127 / n)) for k in range(-n, n + 1))
+    return len(values)
 
 
 def index_bits_for(distinct: int) -> int:
@@ -108,21 +138,34 @@ def int4_bytes(n, exact: bool = True):
     return _ceil(n / 2, exact)
 
 
-def lut_bytes(n, channels, index_bits, table_len, value_bytes: int = 1, exact: bool = True, graph: bool = True):
-    """Bytes of a per-channel LUT-compressed tensor: indices + header + tables (+ graph records)."""
-    b = _ceil(n * index_bits / 8, exact) + LUT_HEADER_BYTES + channels * table_len * value_bytes
-    return b + (lut_overhead_bytes(channels) if graph else 0)
+def lut_bytes(n, channels, index_bits, table_len, value_bytes: int = 1, exact: bool = True, graph: bool = True,
+              tables=None, strip: bool = True):
+    """Bytes of a LUT-compressed tensor: indices + header + value tables (+ graph records).
+
+    ``tables`` is the number of value tables: ``channels`` (the default, one per
+    channel) or 1 (one table for the whole tensor; see :data:`SHARED_LUT_TABLES`).
+    """
+    tables = channels if tables is None else tables
+    b = _ceil(n * index_bits / 8, exact) + LUT_HEADER_BYTES + tables * table_len * value_bytes
+    return b + (lut_overhead_bytes(channels, strip) if graph else 0)
 
 
-def lut_overhead_bytes(channels):
-    """Flatbuffer records one LUT tensor adds besides its data (names aside): ``340 + 12 * channels``."""
-    return LUT_GRAPH_BYTES + LUT_GRAPH_BYTES_PER_CHANNEL * channels
+def lut_overhead_bytes(channels, strip: bool = True):
+    """Flatbuffer records one LUT tensor adds besides its data (names aside).
+
+    Lean (default): ``LUT_GRAPH_BYTES``; ``strip=False``: ``64 + 12 * channels``.
+    """
+    if strip:
+        return LUT_GRAPH_BYTES
+    return LUT_GRAPH_BYTES_UNSTRIPPED + LUT_GRAPH_BYTES_PER_CHANNEL_UNSTRIPPED * channels
 
 
-def lut_graph_bytes(tensor_name: str = "") -> int:
-    """Flatbuffer bookkeeping of one LUT tensor, including the two derived tensor names."""
+def lut_graph_bytes(tensor_name: str = "", strip: bool = True) -> int:
+    """Flatbuffer bookkeeping of one LUT tensor, with the two derived tensor names when not stripped."""
+    if strip:
+        return LUT_GRAPH_BYTES
     n = len(tensor_name.encode()) if tensor_name else 0
-    return LUT_GRAPH_BYTES + (2 * n + len("_decoded") + len("_ancillary") if n else 0)
+    return LUT_GRAPH_BYTES_UNSTRIPPED + (2 * n + len("_decoded") + len("_ancillary") if n else 0)
 
 
 def weight_bytes(method: str, n, channels=1, index_bits=None, table_len=None, exact: bool = True):
@@ -170,11 +213,13 @@ class TensorPlan:
     arena_bytes: int = 0            # extra arena the method needs at run time
     index_bits: int | None = None   # LUT only
     table_len: int | None = None    # LUT only
+    lut_tables: int | None = None   # LUT only: 1 (one table for all channels) or the channel count
     candidates: dict = field(default_factory=dict)   # method -> bytes, for every possible method
     reason: str = ""
 
 
-def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra_graph_bytes: int = 0) -> TensorPlan:
+def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra_graph_bytes: int = 0,
+                tensor_distinct=None, strip: bool = True) -> TensorPlan:
     """Choose the storage of one weight tensor, exactly as the exporter does.
 
     Args:
@@ -185,6 +230,10 @@ def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra
             tensor takes the widest). 0 means a pruned (all-zero) channel.
         distinct: largest number of distinct values in a channel, if known
             (defaults to the full grid, ``2**bits - 1``).
+        tensor_distinct: distinct values in the whole tensor, if known. Grid-aligned
+            weights share one set of values across channels (defaults to ``distinct``
+            below 8 bits), so one LUT table serves every channel.
+        strip: price the lean flatbuffer ``convert`` writes by default.
         pack: ``"auto"``, or ``"int8"`` / ``"int4"`` / ``"lut"`` to force one method.
         extra_graph_bytes: bytes a LUT tensor adds on top of ``LUT_GRAPH_BYTES``
             (e.g. its derived tensor names).
@@ -210,19 +259,26 @@ def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra
         distinct = grid_values(b) if b < 8 else 255
     distinct = max(int(distinct), 1)
     ib = index_bits_for(distinct)
+    if tensor_distinct is None and b < 8:
+        widths = sorted({int(v) for v in bits}) if hasattr(bits, "__len__") else [b]
+        tensor_distinct = max(distinct, grid_union_values(widths)) if len(widths) > 1 else distinct
+    tables, table_len = channels, distinct
+    if SHARED_LUT_TABLES and tensor_distinct is not None and index_bits_for(tensor_distinct) <= ib:
+        tables, table_len, ib = 1, max(int(tensor_distinct), 1), index_bits_for(tensor_distinct)
 
     cands = {"int8": n}
     if op in INT4_OPS and b <= INT4_MAX_BITS:
         cands["int4"] = int4_bytes(n)
     if op in WEIGHT_OPS and ib <= LUT_MAX_INDEX_BITS and axis is not None:
-        cands["lut"] = lut_bytes(n, channels, ib, distinct) + int(extra_graph_bytes)
+        cands["lut"] = lut_bytes(n, channels, ib, table_len, tables=tables, strip=strip) + int(extra_graph_bytes)
 
     def make(method, reason):
         if method == "int8":
             return TensorPlan("int8", n, 8, 0, candidates=cands, reason=reason)
         if method == "int4":
             return TensorPlan("int4", cands["int4"], 4, int4_arena_bytes(n), candidates=cands, reason=reason)
-        return TensorPlan("lut", cands["lut"], ib, lut_arena_bytes(n), ib, distinct, candidates=cands, reason=reason)
+        return TensorPlan("lut", cands["lut"], ib, lut_arena_bytes(n), ib, table_len, lut_tables=tables,
+                          candidates=cands, reason=reason)
 
     if op not in WEIGHT_OPS:
         return make("int8", f"{op} weights are not packed")
