@@ -14,7 +14,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def _search(model, x, y, strength, epochs=4, **fit_kwargs):
     search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", strength=strength)
     search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"],
-                   arch_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+                   arch_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))  # the paper's kind of rule
     history = search.fit(x, y, epochs=epochs, batch_size=64, verbose=0, **fit_kwargs)
     return search, history
 
@@ -23,7 +23,7 @@ def test_strong_strength_prunes_and_lowers_cost_weak_keeps_accuracy(trained_smal
     (x, y), (xt, yt) = digits
     start = tfjpq.profile(tfjpq.wrap(trained_small_cnn)).totals
     weak, _ = _search(trained_small_cnn, x, y, strength=0.0)
-    strong, hist = _search(trained_small_cnn, x, y, strength=1e-3)
+    strong, hist = _search(trained_small_cnn, x, y, strength=10.0)  # normalised: 10x the all-8-bit cost
     w, s = tfjpq.profile(weak).totals, tfjpq.profile(strong).totals
     assert s["channels_kept"] < start["channels_kept"]  # channels were pruned
     assert s["bits_histogram"].get(0, 0) > 0
@@ -36,7 +36,7 @@ def test_strong_strength_prunes_and_lowers_cost_weak_keeps_accuracy(trained_smal
 
 def test_arch_optimizer_trains_only_logits_with_its_own_rule(trained_small_cnn, digits):
     (x, y), _ = digits
-    search = tfjpq.wrap(trained_small_cnn, strength=1e-4)
+    search = tfjpq.wrap(trained_small_cnn, strength=1.0)
     kernel_before = search.get_layer("conv1").kernel.numpy().copy()
     alpha_before = search.get_layer("conv1_wbits").alpha.numpy().copy()
     search.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS,  # weights frozen by a zero learning rate
@@ -69,6 +69,35 @@ def test_callbacks_schedule_and_log(trained_small_cnn, digits, tmp_path):
     assert os.listdir(tmp_path / "tfjpq") and os.listdir(tmp_path / "tb" / "train")
 
 
+def test_default_compile_prunes_under_a_strong_strength(trained_small_cnn, digits):
+    (x, y), (xt, yt) = digits
+    search = tfjpq.wrap(trained_small_cnn, strength=0.3)
+    alpha_before = search.get_layer("conv2_wbits").alpha.numpy().copy()
+    search.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])  # no arch_optimizer
+    assert isinstance(search.arch_optimizer, keras.optimizers.Adam)
+    assert float(search.arch_optimizer.learning_rate) == pytest.approx(tfjpq.search.DEFAULT_ARCH_LR)
+    search.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    t = tfjpq.profile(search).totals
+    assert np.abs(search.get_layer("conv2_wbits").alpha.numpy() - alpha_before).max() > 0.3
+    assert t["bits_histogram"].get(8, 0) < 0.5 * t["channels"]  # most channels left 8 bits
+    assert t["weight_bytes"] < 0.5 * search.reference_cost
+    tuned = tfjpq.freeze(search)
+    tuned.compile(optimizer=keras.optimizers.Adam(3e-4), loss=LOSS)
+    tuned.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    assert (tuned.predict(xt, verbose=0).argmax(1) == yt).mean() > 0.85  # pruned, not collapsed
+
+
+def test_shared_arch_optimizer_is_the_old_behaviour(trained_small_cnn, digits):
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, strength=1.0)
+    search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, arch_optimizer="shared")
+    assert search.arch_optimizer is None
+    before = search.get_layer("conv2_wbits").alpha.numpy().copy()
+    search.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    moved = np.abs(search.get_layer("conv2_wbits").alpha.numpy() - before).max()
+    assert 0 < moved < 0.01 + 4 * 1e-3  # four Adam 1e-3 steps
+
+
 @pytest.mark.parametrize("mode", ["hard", "gumbel"])
 def test_hard_and_gumbel_modes_train(mode, trained_small_cnn, digits):
     (x, y), _ = digits
@@ -76,3 +105,21 @@ def test_hard_and_gumbel_modes_train(mode, trained_small_cnn, digits):
     search.compile(optimizer="adam", loss=LOSS)
     hist = search.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0)
     assert np.all(np.isfinite(hist.history["loss"]))
+
+
+@pytest.mark.slow
+def test_normalised_strength_means_the_same_on_two_model_sizes(digits):
+    """The same strength gives a similar relative reduction on a 4x wider model (whose all-8-bit cost is 7x)."""
+    from tfjpq import zoo
+
+    (x, y), _ = digits
+    rel = {}
+    for width in (8, 32):
+        model = zoo.small_cnn(width=width)
+        zoo.train(model, x, y, epochs=3)
+        search = tfjpq.wrap(model, strength=0.2)
+        search.compile(optimizer="adam", loss=LOSS)
+        search.fit(x, y, epochs=4, batch_size=64, verbose=0)
+        rel[width] = float(search.hard_cost()) / search.reference_cost
+    assert rel[8] < 0.6 and rel[32] < 0.6  # both searched in earnest
+    assert 0.4 < rel[32] / rel[8] < 2.5, rel  # per-byte strength would have pruned the wide model far harder

@@ -55,6 +55,9 @@ class StrengthWarmup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "strength"):
             raise TypeError("StrengthWarmup needs a model made by tfjpq.wrap")
+        if getattr(self.model, "target", None) is not None:
+            raise ValueError("StrengthWarmup ramps a fixed strength; with target= the strength is adapted by the "
+                             "search itself (tfjpq.budget): drop StrengthWarmup")
         self.target = self.model.strength
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -70,13 +73,24 @@ class StrengthWarmup(keras.callbacks.Callback):
 
 
 class SearchLogger(keras.callbacks.Callback):
-    """Per-epoch search state: cost, kept channels, bit-width histogram, per layer.
+    """Per-epoch search state: hard cost vs target, multiplier, kept channels, bit-width histogram, per layer.
 
-    Adds ``size_bytes`` and ``kept_fraction`` to the epoch logs (so they land in
-    the History and in a TensorBoard callback placed after it; ``cost``,
-    ``kept`` and ``bits_<b>`` are already model metrics). ``self.records``
-    keeps the per-layer rows of every epoch. With ``log_dir``, bit-width
-    histograms are also written as TensorBoard histograms.
+    Prints, each epoch, the hard cost (what :func:`tfjpq.freeze` would keep
+    now), the target and the gap to it when there is one, and the strength
+    (the adapted multiplier in target mode). Adds ``size_bytes``,
+    ``kept_fraction``, ``hard_cost`` (end of epoch), ``strength`` and
+    ``target`` to the epoch logs (so they land in the History and in a
+    TensorBoard callback placed after it; ``cost``, ``kept`` and ``bits_<b>``
+    are already model metrics). ``self.records`` keeps the per-layer rows of
+    every epoch. With ``log_dir``, bit-width histograms are also written as
+    TensorBoard histograms.
+
+    Example::
+
+        logger = tfjpq.callbacks.SearchLogger()
+        search.fit(x, y, epochs=6, callbacks=[logger])
+        # [tfjpq] epoch 6: hard cost 2.01e+04 bytes / target 2e+04 (+0.5%), strength 0.31, ...
+        logger.records[-1]["hard_cost"]
     """
 
     def __init__(self, verbose=1, log_dir=None):
@@ -91,13 +105,24 @@ class SearchLogger(keras.callbacks.Callback):
         prof = profile(self.model)
         t = prof.totals
         self.records.append({"epoch": epoch, "totals": t, "rows": prof.rows})
+        hard = float(self.model.hard_cost())
+        target = self.model.target
+        strength = self.model.strength
+        self.records[-1].update(hard_cost=hard, target=target, strength=strength)
         if logs is not None:
             logs["size_bytes"] = t["weight_bytes"]
             logs["kept_fraction"] = t["channels_kept"] / max(t["channels"], 1)
+            logs["hard_cost"] = hard
+            logs["strength"] = strength
+            if target is not None:
+                logs["target"] = target
         if self.verbose:
             hist = " ".join(f"{b}b:{n}" for b, n in sorted(t["bits_histogram"].items()))
-            print(f"[tfjpq] epoch {epoch + 1}: cost {t['cost']:.4g} {t['cost_unit']}, kept "
-                  f"{t['channels_kept']}/{t['channels']} channels, weights {t['weight_bytes']:,.0f} B, {hist}")
+            unit = t["cost_unit"]
+            goal = f" / target {target:.4g} ({hard / target - 1:+.1%})" if target is not None else ""
+            print(f"[tfjpq] epoch {epoch + 1}: hard cost {hard:.4g} {unit}{goal}, strength {strength:.3g}, "
+                  f"soft cost {t['cost']:.4g}, kept {t['channels_kept']}/{t['channels']} channels, "
+                  f"weights {t['weight_bytes']:,.0f} B, {hist}")
         if self.log_dir:
             import tensorflow as tf
 
@@ -108,4 +133,6 @@ class SearchLogger(keras.callbacks.Callback):
                     values = np.repeat(list(row["bits_histogram"].keys()), list(row["bits_histogram"].values()))
                     tf.summary.histogram(f"bits/{row['name']}", values.astype(np.float32))
                 tf.summary.scalar("tfjpq/size_bytes", t["weight_bytes"])
+                tf.summary.scalar("tfjpq/hard_cost", hard)
+                tf.summary.scalar("tfjpq/strength", strength)
             self._writer.flush()

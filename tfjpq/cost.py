@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 _register = keras.saving.register_keras_serializable(package="tfjpq")
@@ -196,14 +197,27 @@ def serialize(cost: CostModel):
     return keras.saving.serialize_keras_object(cost)
 
 
-def layer_terms(model, training=False):
-    """LayerTerms for every search layer of a model made by ``tfjpq.wrap``."""
+def layer_terms(model, training=False, hard=False, thetas=None, phis=None):
+    """LayerTerms for every search layer of a model made by ``tfjpq.wrap``.
+
+    ``training`` selects the training-time probabilities (Gumbel noise);
+    ``hard=True`` uses the one-hot choices :func:`tfjpq.freeze` keeps (so the
+    same formula gives the *hard* cost); ``thetas`` / ``phis`` override the
+    probabilities of some groups / activation choices by name (arrays of the
+    ``alpha`` / ``beta`` shapes), which is how a candidate selection is priced.
+
+    Example::
+
+        hard = search.cost_model.total(tfjpq.cost.layer_terms(search, hard=True))
+    """
     choices = {c.name: c for c in model.precision_choices()}
     acts = {a.name: a for a in model.activation_choices()}
-    thetas = {name: c.theta(training) for name, c in choices.items()}
+    theta_of = {name: (c.hard_theta() if hard else c.theta(training)) for name, c in choices.items()}
+    theta_of.update({k: tf.cast(v, tf.float32) for k, v in (thetas or {}).items()})
+    phis = {k: tf.cast(v, tf.float32) for k, v in (phis or {}).items()}
     terms = []
     for layer in model.search_layers():
-        theta = thetas[layer.group]
+        theta = theta_of[layer.group]
         if layer.kind == "depthwise":
             cin_eff = tf.constant(1.0)
         else:
@@ -211,13 +225,16 @@ def layer_terms(model, training=False):
             for gname, channels in layer.input_layout:
                 c = choices.get(gname) if gname is not None else None
                 if c is not None and c.prunable:
-                    parts.append(channels - tf.reduce_sum(thetas[gname][c.bits.index(0)]))
+                    parts.append(channels - tf.reduce_sum(theta_of[gname][c.bits.index(0)]))
                 else:
                     parts.append(tf.constant(float(channels)))
             cin_eff = layer.input_repeat * tf.add_n(parts)
         if layer.act_quantizer is not None:
             aq = acts[layer.act_quantizer]
-            phi, act_bits = aq.phi(training), aq.bits
+            phi = phis.get(aq.name)
+            if phi is None:
+                phi = aq.hard_phi() if hard else aq.phi(training)
+            act_bits = aq.bits
         else:
             phi, act_bits = tf.constant([1.0]), (8,)
         terms.append(LayerTerms(
@@ -226,3 +243,52 @@ def layer_terms(model, training=False):
             phi=phi, act_bits=act_bits, regroup=choices[layer.group].regroup and layer.kind != "depthwise",
         ))
     return terms
+
+
+def reference_terms(model, bits=8):
+    """LayerTerms of the unpruned model with every weight and activation at ``bits`` (the all-8-bit model).
+
+    The search divides its cost by this model's cost, so ``strength`` is
+    dimensionless: a strength means the same on a small and a large model.
+    """
+    choices = {c.name: c for c in model.precision_choices()}
+    terms = []
+    for layer in model.search_layers():
+        channels = choices[layer.group].channels
+        cin = 1.0 if layer.kind == "depthwise" else float(layer.in_channels())
+        terms.append(LayerTerms(
+            name=layer.name, kind=layer.kind, taps=layer.kernel_taps(), pixels=layer.out_pixels(),
+            cin=layer.in_channels(), cin_eff=tf.constant(cin), theta=tf.ones((1, channels)), weight_bits=(bits,),
+            phi=tf.constant([1.0]), act_bits=(bits,),
+            regroup=choices[layer.group].regroup and layer.kind != "depthwise",
+        ))
+    return terms
+
+
+def reference_cost(model, cost_model=None) -> float:
+    """The cost of the unpruned all-8-bit model (weights and activations) under ``cost_model``.
+
+    Falls back to every layer at its widest choices when the cost model cannot
+    price 8 bits (a custom MPIC table without 8, say).
+
+    Example::
+
+        ref = tfjpq.cost.reference_cost(search)      # 9872.0 bytes for zoo.small_cnn() on 8x8 inputs
+    """
+    cost_model = cost_model or model.cost_model
+    try:
+        value = float(cost_model.total(reference_terms(model)))
+    except (KeyError, ValueError):
+        terms = layer_terms(model, thetas={c.name: _one_hot(c, len(c.bits) - 1) for c in model.precision_choices()},
+                            phis={a.name: np.eye(len(a.bits), dtype=np.float32)[-1] for a in model.activation_choices()})
+        value = float(cost_model.total(terms))
+    if not value > 0:
+        raise ValueError(f"the {cost_model.name!r} cost of the all-8-bit model is {value}; a cost must be positive "
+                         f"to normalise the strength")
+    return value
+
+
+def _one_hot(choice, index):
+    t = np.zeros((len(choice.bits), choice.channels), np.float32)
+    t[index] = 1.0
+    return t

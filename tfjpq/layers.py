@@ -71,8 +71,10 @@ class PrecisionChoice(keras.layers.Layer):
         theta = choice(x)          # (4, 16), columns sum to 1
     """
 
-    def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, note="", **kwargs):
+    def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, note="",
+                 min_channels=1, **kwargs):
         super().__init__(**kwargs)
+        self.min_channels = max(1, int(min_channels))  # kept channels a frozen group never goes below
         self.regroup = bool(regroup)  # may export reorder these channels by precision
         self.note = str(note)  # why the group may not prune, if it may not
         for b in bits:
@@ -100,6 +102,49 @@ class PrecisionChoice(keras.layers.Layer):
     def theta(self, training=False):
         return select(self.alpha, self.temperature, self.mode, training)
 
+    def hard_theta(self):
+        """One-hot ``theta`` of the choices :func:`tfjpq.freeze` keeps (a graph-safe tensor, no gradient).
+
+        The argmax of every channel, except that a prunable group keeps at
+        least ``min_channels`` channels: the pruned channels with the highest
+        non-zero logit come back at that logit's width (see :meth:`selected_index`).
+        """
+        alpha = tf.convert_to_tensor(self.alpha)
+        sel = tf.argmax(alpha, axis=0, output_type=tf.int32)
+        if self.prunable:
+            zero = self.bits.index(0)
+            floor = min(self.min_channels, self.channels)
+            nonzero = tf.tensor_scatter_nd_update(alpha, [[zero]], [tf.fill([self.channels], -np.inf)])
+            best_bits = tf.argmax(nonzero, axis=0, output_type=tf.int32)
+            pruned = tf.equal(sel, zero)
+            missing = floor - (self.channels - tf.reduce_sum(tf.cast(pruned, tf.int32)))
+            score = tf.where(pruned, tf.reduce_max(nonzero, axis=0), -np.inf)
+            idx = tf.math.top_k(score, k=floor).indices
+            rescue = tf.range(floor) < missing
+            new = tf.where(rescue, tf.gather(best_bits, idx), tf.gather(sel, idx))
+            sel = tf.tensor_scatter_nd_update(sel, idx[:, None], new)
+        return tf.one_hot(sel, len(self.bits), axis=0, dtype=tf.float32)
+
+    def selected_index(self) -> np.ndarray:
+        """Index into ``bits`` of each channel's choice, as :func:`tfjpq.freeze` fixes it.
+
+        The argmax of ``alpha``; a prunable group that would keep fewer than
+        ``min_channels`` channels (1 by default) gets back the pruned channels
+        with the highest non-zero logit, each at that logit's width.
+        """
+        alpha = self.alpha.numpy()
+        sel = np.argmax(alpha, axis=0)
+        if self.prunable:
+            zero = self.bits.index(0)
+            missing = min(self.min_channels, self.channels) - int(np.sum(sel != zero))
+            if missing > 0:
+                nonzero = alpha.copy()
+                nonzero[zero] = -np.inf
+                score = np.where(sel == zero, nonzero.max(axis=0), -np.inf)
+                for c in np.argsort(-score, kind="stable")[:missing]:
+                    sel[c] = int(np.argmax(nonzero[:, c]))
+        return sel
+
     def call(self, inputs, training=None):
         return self.theta(bool(training))
 
@@ -110,13 +155,13 @@ class PrecisionChoice(keras.layers.Layer):
         return keras.KerasTensor((len(self.bits), self.channels), dtype=self.compute_dtype)
 
     def selected_bits(self) -> np.ndarray:
-        """The argmax precision of every channel, as bit-widths."""
-        return np.asarray(self.bits)[np.argmax(self.alpha.numpy(), axis=0)]
+        """The precision of every channel as :func:`tfjpq.freeze` fixes it (see :meth:`selected_index`), in bits."""
+        return np.asarray(self.bits)[self.selected_index()]
 
     def get_config(self):
         cfg = super().get_config()
         cfg.update(channels=self.channels, bits=list(self.bits), temperature=self.initial_temperature, mode=self.mode,
-                   regroup=self.regroup, note=self.note)
+                   regroup=self.regroup, note=self.note, min_channels=self.min_channels)
         return cfg
 
 
@@ -156,6 +201,10 @@ class ActivationChoice(keras.layers.Layer):
 
     def phi(self, training=False):
         return select(self.beta, self.temperature, self.mode, training)
+
+    def hard_phi(self):
+        """One-hot ``phi`` of the argmax precision (what :func:`tfjpq.freeze` keeps)."""
+        return tf.one_hot(tf.argmax(self.beta), len(self.bits), dtype=tf.float32)
 
     def call(self, x, training=None):
         if len(self.bits) == 1:

@@ -8,31 +8,72 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfjpq import budget, graph, quantizers
 from tfjpq import cost as cost_lib
-from tfjpq import graph, quantizers
 from tfjpq.errors import NotASearchModelError, UnsupportedModelError
 from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, SearchLinear, check_mode
 
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
 
+DEFAULT_STRENGTH = 0.05
+"""Default weight of the normalised cost (cost / all-8-bit cost) in the loss; see docs/search.md."""
+DEFAULT_ARCH_LR = 0.02
+"""Learning rate of the Adam optimizer the precision logits get when ``compile`` is given no ``arch_optimizer``."""
+
+
 @_register
 class SearchModel(keras.Model):
     """A functional model with precision choices; trains with plain ``compile``/``fit``.
 
-    The training loss is ``task loss + strength * cost``. ``compile`` also takes
-    ``arch_optimizer``: an optimizer for the precision logits alone (the paper
-    uses SGD 1e-2 with momentum 0.9); without it, the main optimizer trains them.
-    Metrics ``cost``, ``kept`` (kept output channels) and ``bits_<b>`` (channels
-    at each width) appear in the fit History and in TensorBoard.
+    The training loss is ``task loss + strength * cost / reference_cost``, where
+    ``reference_cost`` is the cost of the same model unpruned at 8 bits
+    (weights and activations): ``strength`` is dimensionless, and means the
+    same on a small and a large model. With a ``target`` (a budget in the
+    cost's unit), ``strength`` is a Lagrange multiplier adapted in every
+    training step so that the hard cost (:meth:`hard_cost`) meets the target
+    (see :mod:`tfjpq.budget`).
+
+    ``compile`` also takes ``arch_optimizer``: the optimizer of the precision
+    logits alone. Without one they get ``Adam(DEFAULT_ARCH_LR)`` (0.02): the
+    weights' optimizer (Adam 1e-3, or the paper's SGD 1e-2) barely moves them
+    in a short search. ``arch_optimizer="shared"`` trains them with the main
+    optimizer. ``teacher=`` (a float Keras model with the same outputs) adds
+    knowledge distillation: the task loss becomes ``(1 - distill) * task +
+    distill * T^2 * KL(teacher/T || student/T)``.
+
+    Metrics ``cost`` (soft cost, in ``cost_model.unit``), ``hard_cost``,
+    ``strength``, ``kept`` (kept output channels) and ``bits_<b>`` (channels at
+    each width) appear in the fit History and in TensorBoard.
+
+    Example::
+
+        search = tfjpq.wrap(model, target=20_000)          # bytes of weights
+        search.compile(optimizer="adam", loss=loss)        # logits get Adam(0.02)
+        search.fit(x, y, epochs=6)
+        search.hard_cost(), search.strength, search.target
     """
 
-    def __init__(self, *args, cost="size", strength=1e-5, **kwargs):
+    def __init__(self, *args, cost="size", strength=DEFAULT_STRENGTH, target=None,
+                 tolerance=budget.DEFAULT_TOLERANCE, **kwargs):
         super().__init__(*args, **kwargs)
-        self.cost_model = cost_lib.get(cost)
-        self._strength = tf.Variable(float(strength), trainable=False, dtype=tf.float32, name="strength")
+        self._cost_model = cost_lib.get(cost)
+        self.tolerance = float(tolerance)
+        self._target = None if target is None else float(target)
+        self._strength = self.add_weight(name="strength", shape=(), initializer="zeros", trainable=False)
+        self._strength.assign(float(strength))
+        self._multiplier = self.add_weight(name="multiplier", shape=(), initializer="zeros", trainable=False)
+        self._multiplier.assign(float(strength))
+        self._target_var = self.add_weight(name="target", shape=(), initializer="zeros", trainable=False)
+        self._target_var.assign(self._target or 0.0)
+        self._hard_cost_var = self.add_weight(name="hard_cost", shape=(), initializer="zeros", trainable=False)
+        self._reference = self.add_weight(name="cost_reference", shape=(), initializer="ones", trainable=False)
+        self._reference.assign(cost_lib.reference_cost(self, self._cost_model))
         self.arch_optimizer = None
+        self.teacher, self.distill, self.distill_temperature = None, 0.0, 1.0
         self._cost_metric = keras.metrics.Mean(name="cost")
+        self._hard_metric = keras.metrics.Mean(name="hard_cost")
+        self._strength_metric = keras.metrics.Mean(name="strength")
         self._kept_metric = keras.metrics.Mean(name="kept")
         bits = sorted({b for c in self.precision_choices() for b in c.bits})
         self._bits_metrics = {b: keras.metrics.Mean(name=f"bits_{b}") for b in bits}
@@ -56,27 +97,99 @@ class SearchModel(keras.Model):
 
     @property
     def strength(self) -> float:
+        """Weight of the normalised cost in the loss (with a target: the current multiplier)."""
         return float(self._strength.numpy())
 
     @strength.setter
     def strength(self, value):
         self._strength.assign(float(value))
 
+    @property
+    def target(self):
+        """The budget in ``cost_model.unit``, or None (fixed strength). Settable; checked like ``wrap``'s."""
+        return self._target
+
+    @target.setter
+    def target(self, value):
+        if value is not None:
+            value = budget.check_target(self, value, self.tolerance)
+        self._target = value
+        self._target_var.assign(value or 0.0)
+        self.train_function = None  # the controller is part of the compiled step
+
+    @property
+    def cost_model(self):
+        """The :class:`tfjpq.cost.CostModel` of the search; assigning one also re-prices the reference."""
+        return self._cost_model
+
+    @cost_model.setter
+    def cost_model(self, value):
+        self._cost_model = cost_lib.get(value)
+        if hasattr(self, "_reference"):
+            self._reference.assign(cost_lib.reference_cost(self, self._cost_model))
+        self.train_function = None
+
+    @property
+    def reference_cost(self) -> float:
+        """Cost of the unpruned all-8-bit model: what the loss divides the cost by."""
+        return float(self._reference.numpy())
+
     # -- cost ---------------------------------------------------------------
     def cost(self, training=False):
         """The current soft cost (a scalar tensor, in ``self.cost_model.unit``)."""
         return self.cost_model.total(cost_lib.layer_terms(self, training))
 
-    def compile(self, *args, arch_optimizer=None, **kwargs):
+    def hard_cost(self):
+        """The cost of the choices :func:`tfjpq.freeze` keeps now (argmax), in ``self.cost_model.unit``.
+
+        Example::
+
+            float(search.hard_cost())     # what the frozen model will cost
+        """
+        return self.cost_model.total(cost_lib.layer_terms(self, hard=True))
+
+    def compile(self, *args, arch_optimizer=None, teacher=None, distill=0.5, distill_temperature=2.0, **kwargs):
+        """``keras.Model.compile`` plus the logits' optimizer and optional distillation (see the class doc)."""
         super().compile(*args, **kwargs)
-        self.arch_optimizer = keras.optimizers.get(arch_optimizer) if arch_optimizer is not None else None
+        if arch_optimizer is None:
+            arch_optimizer = keras.optimizers.Adam(DEFAULT_ARCH_LR)
+        self.arch_optimizer = None if arch_optimizer == "shared" else keras.optimizers.get(arch_optimizer)
+        if teacher is not None and not 0.0 <= distill <= 1.0:
+            raise ValueError(f"distill must be in [0, 1], got {distill}")
+        self.teacher = teacher
+        self.distill, self.distill_temperature = float(distill), float(distill_temperature)
+        if teacher is not None:
+            self._teacher_probs = _outputs_probabilities(teacher)
+            self._student_probs = _outputs_probabilities(self)
+
+    def _distill_loss(self, x, y_pred):
+        t = self.distill_temperature
+
+        def log_p(y, probs):
+            y = tf.cast(y, tf.float32)
+            logits = tf.math.log(tf.maximum(y, 1e-8)) if probs else y
+            return tf.nn.log_softmax(logits / t, axis=-1)
+
+        teacher_logp = tf.stop_gradient(log_p(self.teacher(x, training=False), self._teacher_probs))
+        student_logp = log_p(y_pred, self._student_probs)
+        kl = tf.reduce_sum(tf.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
+        return t * t * tf.reduce_mean(kl)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if not training:
             return loss
+        if self.teacher is not None and self.distill > 0:
+            loss = (1.0 - self.distill) * loss + self.distill * self._distill_loss(x, y_pred)
         c = self.cost(training=True)
+        hard = tf.stop_gradient(self.hard_cost())
+        self._hard_cost_var.assign(hard)
+        if self._target is not None and self.arch_variables():
+            budget.controller_update(self._multiplier, self._strength, hard, self._target_var)
+        strength = tf.stop_gradient(tf.convert_to_tensor(self._strength))
         self._cost_metric.update_state(c)
+        self._hard_metric.update_state(hard)
+        self._strength_metric.update_state(strength)
         counts = {b: 0.0 for b in self._bits_metrics}
         for choice in self.precision_choices():
             sel = tf.argmax(choice.alpha, axis=0)
@@ -85,7 +198,7 @@ class SearchModel(keras.Model):
         for b, n in counts.items():
             self._bits_metrics[b].update_state(n)
         self._kept_metric.update_state(tf.add_n([n for b, n in counts.items() if b != 0]))
-        return loss + self._strength * c
+        return loss + strength * c / self._reference
 
     def train_step(self, data):
         if self.arch_optimizer is None:
@@ -110,7 +223,18 @@ class SearchModel(keras.Model):
         cfg = super().get_config()
         cfg["cost"] = cost_lib.serialize(self.cost_model)
         cfg["strength"] = self.strength
+        cfg["target"] = self._target
+        cfg["tolerance"] = self.tolerance
         return cfg
+
+
+def _outputs_probabilities(model) -> bool:
+    """Whether a model's (first) output is a softmax (probabilities) rather than logits."""
+    layer = model.outputs[0]._keras_history.operation
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    act = getattr(layer, "activation", None)
+    return act is not None and getattr(act, "__name__", "") == "softmax"
 
 
 def _bits_tuple(bits, what):
@@ -125,8 +249,9 @@ def _bits_tuple(bits, what):
     return bits
 
 
-def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1e-5, mode="soft",
-         temperature=1.0, act_clip=6.0) -> SearchModel:
+def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=DEFAULT_STRENGTH, target=None,
+         tolerance=budget.DEFAULT_TOLERANCE, min_channels=1, mode="soft", temperature=1.0,
+         act_clip=6.0) -> SearchModel:
     """Turn a Keras 3 model into a joint pruning + channel-wise mixed-precision search model.
 
     Args:
@@ -135,17 +260,33 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
       weight_bits: per-output-channel choices; 0 means pruned.
       act_bits: per-tensor activation precision choices (PACT).
       cost: "size" (bytes), "bitops", "mpic", "tflm", or a ``tfjpq.cost.CostModel``.
-      strength: the weight of the cost in the loss (per cost unit).
+      strength: the weight of the *normalised* cost (cost / cost of the
+        all-8-bit model) in the loss; dimensionless. 0.05 (the default)
+        typically roughly halves the bytes of a trained CNN in a few epochs;
+        see docs/search.md for a sweep. With ``target``, it is the starting
+        value of the adapted multiplier.
+      target: a budget in the cost's unit (bytes for "size"/"tflm", BitOps,
+        cycles, ms). The strength is then adapted during ``fit`` so that the
+        hard cost meets it, and :func:`freeze` projects the final choices to
+        within ``tolerance`` of it (:mod:`tfjpq.budget`).
+      tolerance: relative tolerance of the target (0.03: within +-3 %).
+      min_channels: kept channels a prunable group never goes below when
+        frozen: an int, or a float in (0, 1) for a fraction of each group.
       mode: "soft", "hard" (straight-through argmax) or "gumbel".
       temperature: initial softmax temperature (see ``callbacks.TemperatureDecay``).
       act_clip: initial PACT clip.
 
+    Raises:
+      ValueError: bad bit-widths, strength < 0, a target <= 0, below the
+        cheapest model the search space holds (the message names that
+        minimum), or given with a cost model that has no unit.
+
     Example::
 
-        search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", strength=1e-5)
-        search.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
-                       arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
-        search.fit(x, y, epochs=10, callbacks=[tfjpq.callbacks.TemperatureDecay()])
+        search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", target=30_000)  # bytes
+        search.compile(optimizer="adam", loss=loss, metrics=["accuracy"])  # logits: Adam(0.02)
+        search.fit(x, y, epochs=6, callbacks=[tfjpq.callbacks.SearchLogger()])
+        tuned = tfjpq.freeze(search)    # hard cost within 3 % of 30 kB
     """
     weight_bits = _bits_tuple(weight_bits, "weight_bits")
     act_bits = _bits_tuple(act_bits, "act_bits")
@@ -160,6 +301,8 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
         raise ValueError("mode='fixed' is what tfjpq.freeze sets; wrap with 'soft', 'hard' or 'gumbel'")
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
+    if isinstance(min_channels, float) and not 0 < min_channels < 1 or min_channels <= 0:
+        raise ValueError(f"min_channels must be an int >= 1 or a fraction in (0, 1), got {min_channels}")
     cost_model = cost_lib.get(cost)
     cost_model.check(weight_bits, act_bits)
 
@@ -178,8 +321,9 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
         note = ""
         if not group.prunable and 0 in weight_bits:
             note = "never pruned: " + "; ".join(dict.fromkeys(group.reasons))
+        floor = int(np.ceil(min_channels * group.channels)) if isinstance(min_channels, float) else min_channels
         choice = PrecisionChoice(group.channels, bits=bits, temperature=temperature, mode=mode,
-                                 regroup=group.regroup, note=note, name=name)
+                                 regroup=group.regroup, note=note, min_channels=floor, name=name)
         group_names[gid] = name
         group_bits[gid] = bits
         thetas[gid] = choice(new_inputs[0])
@@ -232,9 +376,12 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=1
         finish(out, y, layer.name)
 
     outputs = [tensors[id(t)] for t in model.outputs]
-    return SearchModel(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
-                       outputs=outputs if len(outputs) > 1 else outputs[0],
-                       cost=cost_model, strength=strength, name=f"{model.name}_search")
+    search = SearchModel(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
+                         outputs=outputs if len(outputs) > 1 else outputs[0],
+                         cost=cost_model, strength=strength, tolerance=tolerance, name=f"{model.name}_search")
+    if target is not None:
+        search.target = target  # checked against the cheapest model of the search space
+    return search
 
 
 def _bn_output(info, li):
@@ -252,11 +399,17 @@ def require_search_model(model, what):
         )
 
 
-def freeze(search: SearchModel) -> SearchModel:
-    """Fix every precision choice at its argmax, for fine-tuning (weights keep training).
+def freeze(search: SearchModel, project=None) -> SearchModel:
+    """Fix every precision choice (argmax), for fine-tuning (weights keep training).
 
-    A group whose channels would all be pruned keeps its most likely channel at
-    its best non-zero width, so no layer disappears entirely.
+    A prunable group keeps at least its ``min_channels`` channels (1 by
+    default): the pruned channels with the highest non-zero logit come back.
+    When the search has a ``target`` (and ``project`` is not False), the
+    choices are then projected onto the budget (:func:`tfjpq.budget.project`):
+    if the hard cost is more than ``tolerance`` off the target, channels are
+    moved one precision step at a time, those whose logits least prefer their
+    choice first, until it lands at or just below the target. What the
+    projection did is in ``frozen.projection`` (a dict, or None).
 
     Example::
 
@@ -274,15 +427,16 @@ def freeze(search: SearchModel) -> SearchModel:
     for v in frozen.variables:
         if v.path in src:
             v.assign(src[v.path].numpy())
-    for choice in frozen.precision_choices():
+    for choice in frozen.precision_choices():  # make the argmax the kept selection (min_channels rescue included)
         alpha = choice.alpha.numpy()
-        sel = np.argmax(alpha, axis=0)
-        if choice.prunable and np.all(sel == choice.bits.index(0)):
-            nz = [i for i, b in enumerate(choice.bits) if b != 0]
-            sub = alpha[nz]
-            c = int(np.argmax(sub.max(axis=0)))
-            alpha[nz[int(np.argmax(sub[:, c]))], c] = alpha[:, c].max() + 1.0
-            choice.alpha.assign(alpha)
+        sel = choice.selected_index()
+        for c in np.nonzero(sel != np.argmax(alpha, axis=0))[0]:
+            alpha[sel[c], c] = alpha[:, c].max() + 1.0
+        choice.alpha.assign(alpha)
+    frozen.projection = None
+    if frozen.target is not None and project is not False:
+        frozen.projection = budget.project(frozen, frozen.target, frozen.tolerance)
+    frozen._hard_cost_var.assign(float(frozen.hard_cost()))
     _zero_dead_inputs(frozen)
     return frozen
 

@@ -1,0 +1,132 @@
+"""Budget mode: wrap(target=...) lands on the budget; hard cost, projection, errors, saved controller state."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import random_choices
+
+import tfjpq
+from tfjpq import budget
+from tfjpq import cost as cost_lib
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _frozen_cost(search):
+    return float(tfjpq.freeze(search, project=False).cost())
+
+
+@pytest.mark.parametrize("cost", ["size", "bitops", "mpic", "tflm"])
+def test_hard_cost_is_the_cost_of_what_freeze_keeps(cost, trained_small_cnn):
+    search = tfjpq.wrap(trained_small_cnn, cost=cost)
+    assert float(search.hard_cost()) == pytest.approx(search.reference_cost, rel=1e-5)  # all at 8 bits
+    random_choices(search, seed=3)
+    hard = float(search.hard_cost())
+    assert hard < search.reference_cost
+    assert hard == pytest.approx(_frozen_cost(search), rel=1e-5)
+    assert budget.minimum_cost(search) < hard
+
+
+def test_hard_cost_counts_the_channels_freeze_rescues(trained_small_cnn):
+    search = tfjpq.wrap(trained_small_cnn, min_channels=3)
+    alpha = np.zeros((4, 16), np.float32)
+    alpha[0] = 5.0  # prune every channel of conv1
+    alpha[3, [2, 7, 9]] = (1.0, 3.0, 2.0)  # the three the floor brings back, at 8 bits
+    choice = search.get_layer("conv1_wbits")
+    choice.alpha.assign(alpha)
+    assert sorted(np.nonzero(choice.selected_bits())[0]) == [2, 7, 9]
+    np.testing.assert_array_equal(choice.hard_theta().numpy().argmax(0), choice.selected_index())
+    frozen = tfjpq.freeze(search)
+    assert (frozen.get_layer("conv1_wbits").selected_bits() == 8).sum() == 3
+    assert float(search.hard_cost()) == pytest.approx(float(frozen.cost()), rel=1e-6)
+    assert tfjpq.profile(frozen).totals["weight_bytes"] == pytest.approx(float(frozen.cost()))
+
+
+def test_strength_is_normalised_by_the_all_8_bit_cost(trained_small_cnn):
+    search = tfjpq.wrap(trained_small_cnn)
+    # conv1 9x1x16 + conv2 9x16x32 + dense 512x10 weights, one byte each
+    assert search.reference_cost == pytest.approx(9 * 16 + 9 * 16 * 32 + 512 * 10)
+    assert search.strength == pytest.approx(tfjpq.search.DEFAULT_STRENGTH)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.7])
+def test_freeze_projects_onto_the_target_both_ways(target, trained_small_cnn):
+    search = tfjpq.wrap(trained_small_cnn, min_channels=2)
+    random_choices(search, seed=1)
+    goal = target * search.reference_cost
+    search.target = goal
+    before = float(search.hard_cost())
+    frozen = tfjpq.freeze(search)
+    after = float(frozen.hard_cost())
+    assert abs(after / goal - 1) <= 0.03, (before, after, goal)
+    assert frozen.projection["before"] == pytest.approx(before)
+    assert frozen.projection["moves"] > 0
+    assert all((c.selected_bits() != 0).sum() >= min(2, c.channels) for c in frozen.precision_choices())
+    # the projected choices are the frozen model's argmax, and export agrees with them
+    assert tfjpq.profile(frozen).totals["weight_bytes"] == pytest.approx(after)
+
+
+def test_target_errors_are_clear(trained_small_cnn):
+    with pytest.raises(ValueError, match="positive"):
+        tfjpq.wrap(trained_small_cnn, target=0)
+    with pytest.raises(ValueError, match="positive"):
+        tfjpq.wrap(trained_small_cnn, target=-5)
+    low = budget.minimum_cost(tfjpq.wrap(trained_small_cnn))
+    with pytest.raises(ValueError, match=f"minimum achievable cost {low:,.6g} bytes"):
+        tfjpq.wrap(trained_small_cnn, target=low / 2)
+
+    class NoUnit(cost_lib.CostModel):
+        def layer_cost(self, t):
+            return t.macs()
+
+    with pytest.raises(ValueError, match="unit"):
+        tfjpq.wrap(trained_small_cnn, cost=NoUnit(), target=1000)
+    with pytest.raises(ValueError, match="min_channels"):
+        tfjpq.wrap(trained_small_cnn, min_channels=0)
+    search = tfjpq.wrap(trained_small_cnn, target=5000)
+    search.compile(optimizer="adam", loss=LOSS)
+    (x, y), _ = (np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int32)), None
+    with pytest.raises(ValueError, match="StrengthWarmup"):
+        search.fit(x, y, epochs=1, verbose=0, callbacks=[tfjpq.callbacks.StrengthWarmup()])
+
+
+def test_target_mode_lands_within_tolerance_with_a_plain_compile(trained_small_cnn, digits, capsys):
+    (x, y), (xt, yt) = digits
+    search = tfjpq.wrap(trained_small_cnn, target=3500)  # bytes; the all-8-bit model has 9,872
+    search.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])  # no arch_optimizer: Adam(0.02) on the logits
+    hist = search.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[tfjpq.callbacks.SearchLogger()])
+    out = capsys.readouterr().out
+    assert "target 3500" in out and "hard cost" in out and "strength" in out
+    h = hist.history
+    assert h["target"] == [3500] * 4 and len(h["hard_cost"]) == 4
+    # the controller itself brought the hard cost from 9,872 B to the budget's neighbourhood
+    assert 0.5 * 3500 < h["hard_cost"][-1] < 1.3 * 3500
+    assert h["strength"][0] > tfjpq.search.DEFAULT_STRENGTH  # it raised the multiplier while over budget
+    tuned = tfjpq.freeze(search)
+    assert abs(float(tuned.hard_cost()) / 3500 - 1) <= 0.03
+    tuned.compile(optimizer=keras.optimizers.Adam(3e-4), loss=LOSS)
+    tuned.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    assert (tuned.predict(xt, verbose=0).argmax(1) == yt).mean() > 0.9
+    assert tfjpq.profile(tfjpq.export(tuned)).totals["weight_bytes"] == pytest.approx(float(tuned.hard_cost()))
+
+
+def test_controller_state_is_saved_and_restored(trained_small_cnn, digits, tmp_path):
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, target=4000, tolerance=0.05)
+    search.compile(optimizer="adam", loss=LOSS)
+    search.fit(x[:512], y[:512], epochs=1, batch_size=64, verbose=0)
+    assert search.strength != pytest.approx(tfjpq.search.DEFAULT_STRENGTH)
+    path = os.path.join(tmp_path, "search.keras")
+    search.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.target == 4000 and loaded.tolerance == 0.05
+    assert loaded.strength == pytest.approx(search.strength)
+    assert float(loaded._multiplier.numpy()) == pytest.approx(float(search._multiplier.numpy()))
+    assert float(loaded._hard_cost_var.numpy()) == pytest.approx(float(search._hard_cost_var.numpy()))
+    assert loaded.reference_cost == pytest.approx(search.reference_cost)
+    # the loaded model goes on searching under the same controller
+    loaded.compile(optimizer="adam", loss=LOSS)
+    loaded.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0)
+    assert loaded.strength != pytest.approx(search.strength)

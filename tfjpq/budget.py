@@ -1,0 +1,241 @@
+"""Steering the search by a budget: the hard cost, the multiplier controller, the final projection.
+
+``tfjpq.wrap(model, target=B)`` asks for a model whose *hard* cost (the cost of
+the choices :func:`tfjpq.freeze` keeps: the argmax of every logit, priced by
+the same formula as the soft cost with one-hot probabilities) is ``B`` in the
+cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
+
+* **Controller** (:func:`controller_update`, run by the search model in every
+  training step, inside the compiled step, with or without callbacks): the
+  strength is a Lagrange multiplier adapted by multiplicative dual ascent on
+  the relative gap ``g = clip(hard / B - 1, -0.5, 0.5)``:
+  ``multiplier <- multiplier * exp(RATE * g)`` (kept within
+  ``[MIN_STRENGTH, MAX_STRENGTH]``) plus a proportional term,
+  ``strength = multiplier * (1 + GAIN * g)``. Above the budget the multiplier
+  grows and the logits move to cheaper choices; below it, it shrinks, and
+  well below it the strength turns negative and pushes precision back. Its state (``strength``, ``target``, the last
+  ``hard_cost``) lives in variables of the model, so it is saved in ``.keras``
+  files and restored.
+* **Projection** (:func:`project`, run by :func:`tfjpq.freeze` when a target
+  is set): if the hard cost is still outside ``B * (1 +- tolerance)`` at the
+  end, channels are moved one precision step at a time, those whose logits
+  least prefer their current choice first, down (when over budget) or up
+  (when more than ``tolerance`` under it), until the cost is as close to ``B``
+  from below as single moves allow (upward, the moves that would jump over
+  ``B`` are skipped and later, smaller ones tried). It never takes a group below its
+  ``min_channels``.
+
+Example::
+
+    search = tfjpq.wrap(model, cost="size", target=20_000)      # 20 kB of weights
+    search.compile(optimizer="adam", loss=loss)
+    search.fit(x, y, epochs=6, callbacks=[tfjpq.callbacks.SearchLogger()])
+    tuned = tfjpq.freeze(search)          # hard cost within 3 % of 20 kB
+    float(tuned.hard_cost())
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfjpq import cost as cost_lib
+
+RATE = 0.1  # multiplicative step of the multiplier per training step, per unit of relative gap
+GAIN = 3.0  # proportional term: strength = multiplier * (1 + GAIN * gap)
+MAX_GAP = 0.5  # the relative gap is clipped to +-MAX_GAP in one step
+MIN_STRENGTH, MAX_STRENGTH = 1e-6, 1e4
+DEFAULT_TOLERANCE = 0.03
+MAX_FILL = 200  # single moves tried after the bisection of an upward pass
+
+
+def selection_cost(model, weight_sel, act_sel=None) -> float:
+    """Cost of a hard selection: ``{group name: index array into its bits}``, ``{act name: index}``.
+
+    Example::
+
+        sel = {c.name: c.selected_index() for c in search.precision_choices()}
+        tfjpq.budget.selection_cost(search, sel)     # == float(search.hard_cost())
+    """
+    thetas = {}
+    for c in model.precision_choices():
+        idx = weight_sel.get(c.name)
+        if idx is not None:
+            thetas[c.name] = np.eye(len(c.bits), dtype=np.float32)[np.asarray(idx)].T
+    phis = {}
+    for a in model.activation_choices():
+        if act_sel is not None and a.name in act_sel:
+            phis[a.name] = np.eye(len(a.bits), dtype=np.float32)[int(act_sel[a.name])]
+    return float(model.cost_model.total(cost_lib.layer_terms(model, hard=True, thetas=thetas, phis=phis)))
+
+
+def minimum_selection(model):
+    """The cheapest selection: each prunable group keeps ``min_channels`` channels, all at the lowest width."""
+    weight_sel = {}
+    for c in model.precision_choices():
+        low = 1 if c.prunable else 0
+        if c.prunable:
+            idx = np.zeros(c.channels, np.int64)
+            idx[: min(c.min_channels, c.channels)] = low
+        else:
+            idx = np.full(c.channels, low, np.int64)
+        weight_sel[c.name] = idx
+    return weight_sel, {a.name: 0 for a in model.activation_choices()}
+
+
+def minimum_cost(model) -> float:
+    """The lowest cost any frozen model of this search space can have (see :func:`minimum_selection`).
+
+    Example::
+
+        tfjpq.budget.minimum_cost(search)     # a target below this raises ValueError
+    """
+    return selection_cost(model, *minimum_selection(model))
+
+
+def check_target(model, target, tolerance=DEFAULT_TOLERANCE):
+    """Raise ValueError unless ``target`` is a reachable budget for ``model``'s cost."""
+    unit = getattr(model.cost_model, "unit", "")
+    if not unit:
+        raise ValueError(f"target= needs a cost with a unit; the cost model {type(model.cost_model).__name__} "
+                         f"sets no `unit` (set its class attribute `unit`, e.g. 'bytes')")
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        raise ValueError(f"target must be a number in {unit}, got {target!r}") from None
+    if not np.isfinite(target) or target <= 0:
+        raise ValueError(f"target must be a positive number of {unit}, got {target}")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    low = minimum_cost(model)
+    if target < low:
+        raise ValueError(f"target {target:,.6g} {unit} is below the minimum achievable cost {low:,.6g} {unit} "
+                         f"(every prunable group at its min_channels, everything at the lowest bit-width)")
+    return target
+
+
+def controller_update(multiplier, strength, hard, target):
+    """One step of the controller (graph-safe): integral ``multiplier``, effective ``strength``.
+
+    ``multiplier <- multiplier * exp(RATE * gap)`` (dual ascent in log space) and
+    ``strength = multiplier * (1 + GAIN * gap)`` (a proportional term: the
+    pull drops as soon as the hard cost falls under the budget, and turns into
+    a push back up, a negative strength, more than ``1 / GAIN`` under it), with
+    ``gap = clip(hard / target - 1, -MAX_GAP, MAX_GAP)``. Returns the strength.
+    """
+    gap = tf.clip_by_value(hard / target - 1.0, -MAX_GAP, MAX_GAP)
+    m = tf.clip_by_value(tf.convert_to_tensor(multiplier) * tf.exp(RATE * gap), MIN_STRENGTH, MAX_STRENGTH)
+    multiplier.assign(m)
+    new = m * (1.0 + GAIN * gap)
+    strength.assign(new)
+    return new
+
+
+def _moves(model, sel, down):
+    """Candidate one-step moves ``(score, group, channel, new index)``; lower score = move first."""
+    moves = []
+    for c in model.precision_choices():
+        alpha = c.alpha.numpy()
+        idx = sel[c.name]
+        n = len(c.bits)
+        zero = c.bits.index(0) if c.prunable else None
+        kept = int(np.sum(idx != zero)) if c.prunable else c.channels
+        group_moves = []
+        for ch in range(c.channels):
+            cur = int(idx[ch])
+            new = cur - 1 if down else cur + 1
+            if not 0 <= new < n:
+                continue
+            group_moves.append((float(alpha[cur, ch] - alpha[new, ch]), c.name, ch, new))
+        if down and c.prunable:  # at most kept - min_channels channels of this group may go to 0 bits in one pass
+            group_moves.sort()
+            allowed = max(kept - min(c.min_channels, c.channels), 0)
+            out = []
+            for m in group_moves:
+                if m[3] == zero:
+                    if allowed == 0:
+                        continue
+                    allowed -= 1
+                out.append(m)
+            group_moves = out
+        moves += group_moves
+    moves.sort()
+    return moves
+
+
+def _apply(sel, moves):
+    out = {k: v.copy() for k, v in sel.items()}
+    for _, name, ch, new in moves:
+        out[name][ch] = new
+    return out
+
+
+def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12):
+    """Move hard choices until the hard cost is within ``target * (1 +- tolerance)``; returns a report dict.
+
+    Writes the new choices into the logits (``alpha``) of ``model``, so its
+    argmax is the projected selection. Over budget: one-step-down moves
+    (8 -> 4, 2 -> pruned, ...) in order of the smallest logit margin, the
+    fewest that bring the cost to ``target`` or below. More than ``tolerance``
+    under budget: one-step-up moves in the same order, the most that keep the
+    cost at or below ``target``. Repeated for up to ``max_passes`` passes.
+
+    Example::
+
+        report = tfjpq.budget.project(frozen, target=20_000)
+        report["before"], report["after"], report["moves"]
+    """
+    acts = {a.name: int(np.argmax(a.beta.numpy())) for a in model.activation_choices()}
+    sel = {c.name: c.selected_index() for c in model.precision_choices()}
+    before = cost = selection_cost(model, sel, acts)
+    n_moves = 0
+    for _ in range(max_passes):
+        if cost > target * (1 + tolerance):
+            down = True
+        elif cost < target * (1 - tolerance):
+            down = False
+        else:
+            break
+        moves = _moves(model, sel, down)
+        if not moves:
+            break
+        lo, hi = 0, len(moves)  # bisection on how many of the ordered moves to apply
+        if down:  # fewest k with cost(k) <= target (all moves if none reaches it)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if selection_cost(model, _apply(sel, moves[:mid + 1]), acts) <= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            k = min(lo + 1, len(moves))
+        else:  # most k with cost(k) <= target
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if selection_cost(model, _apply(sel, moves[:mid]), acts) <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        sel = _apply(sel, moves[:k])
+        n_moves += k
+        cost = selection_cost(model, sel, acts)
+        if not down and k < len(moves):  # one move may be coarse (a channel back with its consumers' rows): fill
+            filled = 0
+            for move in moves[k + 1:][:MAX_FILL]:
+                if cost >= target * (1 - tolerance):
+                    break
+                trial = _apply(sel, [move])
+                trial_cost = selection_cost(model, trial, acts)
+                if trial_cost <= target:
+                    sel, cost, filled = trial, trial_cost, filled + 1
+            n_moves += filled
+            if k == 0 and filled == 0:
+                break
+    if n_moves:
+        for c in model.precision_choices():
+            alpha = c.alpha.numpy()
+            idx = sel[c.name]
+            for ch in np.nonzero(idx != np.argmax(alpha, axis=0))[0]:  # argmax == selection, no rescue needed
+                alpha[idx[ch], ch] = alpha[:, ch].max() + 1.0
+            c.alpha.assign(alpha)
+    return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
