@@ -119,3 +119,20 @@ def test_lean_resnet8_w8_flash_efficiency():
     deploy = tfjpq.export(tfjpq.freeze(tfjpq.wrap(model, weight_bits=(8,))))
     art = tflm_export.convert(deploy, rng.uniform(0, 1, (16, 28, 28, 1)).astype("float32"), check_tflm=False)
     assert art.report["totals"]["flash_efficiency"] >= 0.93
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_rule_never_costs_bytes(trained_small_cnn, digits, seed):
+    """export(split="auto") is never larger than always splitting or never splitting."""
+    import tfjpq
+    from conftest import random_choices
+
+    (x, _), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, weight_bits=(2, 4, 8))
+    random_choices(search, seed=seed)
+    frozen = tfjpq.freeze(search)
+    size = {mode: tflm_export.convert(tfjpq.export(frozen, split=mode), x[:50], check_tflm=False).size
+            for mode in ("auto", "always", "never")}
+    print(size)
+    assert size["auto"] <= min(size["always"], size["never"])

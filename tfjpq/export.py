@@ -9,9 +9,12 @@ What happens to each search layer:
 2. Pruned output channels are dropped, and so are the matching input rows or
    channels of every consumer (through ReLU, pooling, Flatten, Concatenate,
    Add ...).
-3. The kept channels are regrouped by precision: one ``Conv2D``/``Dense`` per
-   bit-width (named ``<layer>__w<bits>``, each kernel on its grid), joined by a
-   ``Concatenate``; consumers' input channels are permuted to match. Depthwise
+3. The kept channels are regrouped by precision where that saves flash (the
+   storage rule of ``tflm_export.storage.layer_bytes``; ``split=`` overrides it):
+   one ``Conv2D``/``Dense`` per bit-width (named ``<layer>__w<bits>``, each
+   kernel on its grid), joined by a ``Concatenate``; consumers' input channels
+   are permuted to match. A layer that is not split keeps one tensor whose
+   channels carry their own grids, stored at its widest precision. Depthwise
    layers and layers whose channels reach a model output keep one tensor in the
    original order (a depthwise channel can only follow its input channel, and
    outputs keep their meaning); their channels carry mixed grids and the
@@ -91,6 +94,49 @@ def _plain_config(layer: SearchLinear, name, out_channels, activation=None):
 _PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D, "dense": keras.layers.Dense}
 
 
+SPLIT_MODES = ("auto", "always", "never")
+
+
+_TFLITE_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
+
+
+def split_groups(model, split: str = "auto") -> dict:
+    """{precision group: True if export splits its layers into one layer per precision}.
+
+    Layers of one group (the sides of an Add) share their channel order, so the
+    group decides as a whole: with ``"auto"``, it splits when the summed bytes of
+    its layers (``tflm_export.storage.layer_bytes``) are smaller split than as one
+    tensor each.
+    """
+    from tflm_export import storage
+
+    from tfjpq.search import live_input_mask
+
+    choices = {c.name: c for c in model.precision_choices()}
+    selected = {n: c.selected_bits() for n, c in choices.items()}
+    members = {}
+    for layer in model.search_layers():
+        members.setdefault(layer.group, []).append(layer)
+    decision = {}
+    for group, layers in members.items():
+        kept = selected[group][selected[group] != 0]
+        if not choices[group].regroup or len(np.unique(kept)) < 2 or split == "never":
+            decision[group] = False
+            continue
+        if split == "always":
+            decision[group] = True
+            continue
+        one = parts = 0
+        for layer in layers:
+            if layer.kind == "depthwise":
+                continue
+            per_channel = layer.kernel_taps() * int(live_input_mask(layer, selected).sum())
+            one += storage.layer_bytes(_TFLITE_OPS[layer.kind], per_channel, kept, split=False)[1]
+            parts += storage.layer_bytes(_TFLITE_OPS[layer.kind], per_channel, kept, split=True)[1]
+        decision[group] = parts < one
+    return decision
+
+
 def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, activation=None) -> _TensorState:
     w, b = folded_kernel_and_bias(layer)
     if layer.kind == "depthwise":
@@ -125,11 +171,17 @@ def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, acti
     return _TensorState(y, order, layer.out_channels)
 
 
-def export(model, name=None) -> keras.Model:
+def export(model, name=None, split="auto") -> keras.Model:
     """A plain Keras model: pruned channels removed, BN folded, weights on their chosen grids.
 
     Takes the model from :func:`tfjpq.freeze` (a search model is frozen first at
     its current argmax choices).
+
+    ``split`` decides when a layer with several precisions becomes one layer per
+    precision: ``"auto"`` where that saves flash by the exporter's storage rules
+    (``tflm_export.storage.layer_bytes``: the parts' extra operators cost about
+    200 bytes each), ``"always"``, or ``"never"`` (one tensor stored at its
+    widest precision).
 
     Example::
 
@@ -137,12 +189,15 @@ def export(model, name=None) -> keras.Model:
         deploy.save("deploy.keras")
     """
     require_search_model(model, "tfjpq.export")
+    if split not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
     if any(c.mode != "fixed" for c in model.precision_choices()):
         from tfjpq.search import freeze
 
         model = freeze(model)
     choices = {c.name: c for c in model.precision_choices()}
     selected = {n: c.selected_bits() for n, c in choices.items()}
+    splits = split_groups(model, split)
 
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     states = {}
@@ -163,7 +218,7 @@ def export(model, name=None) -> keras.Model:
             choice = choices[layer.group]
             act_node = fused.get(layer.name)
             activation = _activation_of(act_node.operation) if act_node is not None else None
-            st = _export_linear(layer, selected[layer.group], choice.regroup, ins[0], activation)
+            st = _export_linear(layer, selected[layer.group], splits[layer.group], ins[0], activation)
             states[id(out)] = st
             if act_node is not None:
                 states[id(act_node.outputs[0])] = st

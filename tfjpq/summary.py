@@ -84,7 +84,11 @@ _OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CON
 
 
 def packed_bytes(kind, bits, per_channel_weights, regroup) -> int:
-    """Weight bytes ``tflm_export`` stores for one layer's kept channels (one tensor per precision if regrouped)."""
+    """Weight bytes ``tflm_export`` stores for one layer's kept channels.
+
+    ``regroup``: the layer is split into one tensor per precision (as
+    ``tfjpq.export.split_groups`` decides for its group).
+    """
     from tflm_export import storage
 
     kept = bits[bits != 0]
@@ -120,12 +124,15 @@ def _search_rows(model):
     choices = {c.name: c for c in model.precision_choices()}
     acts = {a.name: a for a in model.activation_choices()}
     selected = {n: c.selected_bits() for n, c in choices.items()}
+    from tfjpq.export import split_groups
+
+    splits = split_groups(model)
     rows = []
     for layer in model.search_layers():
         note = choices[layer.group].note
         cin = int(live_input_mask(layer, selected).sum())
         act = acts[layer.act_quantizer].selected_bits() if layer.act_quantizer else None
-        regroup = choices[layer.group].regroup and layer.kind != "depthwise"
+        regroup = splits[layer.group] and layer.kind != "depthwise"
         rows.append(_row(layer.name, layer.kind, layer.out_channels, selected[layer.group], cin,
                          layer.kernel_taps(), layer.out_pixels(), act, regroup))
         if note:

@@ -1,9 +1,11 @@
 """A cost model that prices what a TFLite Micro board pays, by the exporter's own rules.
 
-``objective="flash"`` (bytes): for every precision group of a layer (the
-channels at ``b`` bits, which ``tfjpq.export`` turns into one tensor), the
-cheapest storage ``tflm_export.storage`` allows, evaluated at the soft channel
-counts:
+``objective="flash"`` (bytes): the smaller of (a) one tensor per precision
+group (the channels at ``b`` bits) plus the graph bytes of the split
+(``storage.split_overhead_bytes``: the extra operators and the Concatenate),
+and (b) one tensor stored at its widest precision, the rule ``tfjpq.export``
+follows. Each tensor takes the cheapest storage ``tflm_export.storage``
+allows, evaluated at the soft channel counts:
 
 * int8: ``N`` bytes; INT4 (conv / depthwise, ``b <= 4``): ``N / 2``;
 * LUT (``b < 8``): ``N * b / 8`` index bytes + 16-byte header +
@@ -76,20 +78,26 @@ class TFLMCost(CostModel):
         op = _OPS[t.kind]
         per_channel = t.taps * (1.0 if t.kind == "depthwise" else t.cin_eff)
         nonzero = [(i, b) for i, b in enumerate(t.weight_bits) if b != 0]
-        total = 0.0
-        if t.regroup:  # one tensor per precision group
+        # one tensor, stored by its widest channel: expectation over that maximum
+        kept = t.kept_channels()
+        one = 0.0
+        below = 0.0  # P(every channel is at most the previous width)
+        for i, b in nonzero:
+            at_most = [k for k, bb in enumerate(t.weight_bits) if bb <= b]
+            p_le = tf.reduce_prod(tf.add_n([t.theta[k] for k in at_most]))
+            one = one + (p_le - below) * self._cheapest(op, per_channel * kept, kept, b)
+            below = p_le
+        total = one
+        if t.regroup:  # or one tensor per precision group, plus the split's operators, whichever is smaller
+            split, parts = 0.0, 0.0
             for i, b in nonzero:
                 count = tf.reduce_sum(t.theta[i])
-                total = total + self._cheapest(op, per_channel * count, count, b)
-        else:  # one tensor, stored by its widest channel: expectation over that maximum
-            kept = t.kept_channels()
-            below = 0.0  # P(every channel is at most the previous width)
-            for j, (i, b) in enumerate(nonzero):
-                at_most = [k for k, bb in enumerate(t.weight_bits) if bb <= b]
-                p_le = tf.reduce_prod(tf.add_n([t.theta[k] for k in at_most]))
-                total = total + (p_le - below) * self._cheapest(op, per_channel * kept, kept, b)
-                below = p_le
-        return total + storage.BIAS_BYTES_PER_CHANNEL * t.kept_channels()
+                split = split + self._cheapest(op, per_channel * count, count, b)
+                parts = parts + tf.minimum(count, 1.0)
+            extra = tf.maximum(parts - 1.0, 0.0)
+            split = split + tf.minimum(extra, 1.0) * storage.SPLIT_CONCAT_BYTES + extra * storage.SPLIT_PART_BYTES
+            total = tf.minimum(split, one)
+        return total + storage.BIAS_BYTES_PER_CHANNEL * kept
 
     def _latency(self, t):
         from tflm_export import cycles

@@ -89,6 +89,12 @@ LUT_GRAPH_BYTES = 140
 #: point per channel); the two derived tensor names come on top.
 LUT_GRAPH_BYTES_UNSTRIPPED = 64
 LUT_GRAPH_BYTES_PER_CHANNEL_UNSTRIPPED = 12
+#: Flatbuffer bytes each extra precision part adds when a layer is split into one
+#: operator per precision (an operator record, its weight, bias and output tensor
+#: records, two buffer records), and the Concatenate joining the parts. Measured on
+#: lean flatbuffers: 2 parts +272 B, 4 parts +664 B over one tensor (tests/test_lean.py).
+SPLIT_PART_BYTES = 200
+SPLIT_CONCAT_BYTES = 80
 INT4_MAX_BITS = 4
 BIAS_BYTES_PER_CHANNEL = 4
 ALIGNMENT = 16
@@ -295,3 +301,44 @@ def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra
     if best == "int8":
         return make("int8", f"{b}-bit grid: no method smaller than int8")
     return make(best, f"{b}-bit grid: {best} is smallest ({cands[best]} vs {n} bytes int8)")
+
+
+def split_overhead_bytes(parts) -> int:
+    """Graph bytes of splitting one layer into ``parts`` precision parts (0 for one part)."""
+    return 0 if parts <= 1 else SPLIT_CONCAT_BYTES + SPLIT_PART_BYTES * (int(parts) - 1)
+
+
+def _layer_shape(op, channels, per_channel_weights):
+    if op == "DEPTHWISE_CONV_2D":
+        return (1, int(per_channel_weights), 1, int(channels))
+    if op == "FULLY_CONNECTED":
+        return (int(channels), int(per_channel_weights))
+    return (int(channels), int(per_channel_weights), 1, 1)
+
+
+def layer_bytes(op, per_channel_weights, channel_bits, split=None) -> tuple:
+    """``(split, bytes)`` for one layer's kept channels: one tensor per precision, or one tensor.
+
+    A split layer pays :func:`split_overhead_bytes` for its extra operators; a
+    single tensor with mixed grids is stored by its widest channel. With
+    ``split=None`` the smaller wins (ties keep one tensor), which is the rule
+    ``tfjpq.export`` follows; the byte figure is weights plus graph constants
+    (biases, 4 bytes per kept channel either way, are not included).
+
+    Example::
+
+        layer_bytes("CONV_2D", 9, [2] * 3 + [8])            # (False, 36): one int8 tensor
+        layer_bytes("CONV_2D", 9 * 16, [2] * 30 + [8] * 2)  # (True, 1894): LUT part + int8 part
+    """
+    kept = [int(b) for b in channel_bits if int(b) != 0]
+    if not kept:
+        return False, 0
+    one = plan_tensor(op, _layer_shape(op, len(kept), per_channel_weights), bits=kept).weight_bytes
+    widths = sorted(set(kept))
+    if len(widths) == 1 or op == "DEPTHWISE_CONV_2D" or split is False:
+        return False, int(one)
+    parts = sum(plan_tensor(op, _layer_shape(op, kept.count(b), per_channel_weights), bits=b).weight_bytes
+                for b in widths) + split_overhead_bytes(len(widths))
+    if split is True or parts < one:
+        return True, int(parts)
+    return False, int(one)
