@@ -3,11 +3,15 @@
 Quick start::
 
     import tfjpq
-    search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", strength=1e-6)
-    search.compile(optimizer="adam", loss=..., metrics=["accuracy"])
-    search.fit(x, y, epochs=10, callbacks=[tfjpq.callbacks.TemperatureDecay()])
-    tuned = tfjpq.freeze(search)
+    search = tfjpq.wrap(model, weight_bits=(0, 2, 4, 8), cost="size", target=20_000)  # bytes of weights
+    search.compile(optimizer="adam", loss=..., metrics=["accuracy"])  # the logits get Adam(0.02)
+    search.fit(x, y, epochs=6, callbacks=[tfjpq.callbacks.SearchLogger()])
+    tuned = tfjpq.freeze(search)         # hard cost within 3 % of the target
+    tuned.compile(optimizer="adam", loss=...); tuned.fit(x, y, epochs=2)
     deploy = tfjpq.export(tuned)
+
+Without a target, ``strength`` (default 0.05) weighs the cost divided by the
+all-8-bit model's cost: dimensionless, the same on any model size.
 """
 
 import importlib
@@ -18,7 +22,7 @@ from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
-_SUBMODULES = ("callbacks", "cost", "tflm_cost", "zeroq", "quantune", "precrop")
+_SUBMODULES = ("budget", "callbacks", "cost", "tflm_cost", "zeroq", "quantune", "precrop")
 
 
 def __getattr__(name):

@@ -1,7 +1,12 @@
 """Differentiable hardware cost models.
 
 A cost model turns, for every search layer, the precision probabilities into
-a scalar cost; the search adds ``strength * cost`` to the task loss. Costs are
+a scalar cost; the search adds ``strength * cost / reference`` to the task
+loss, where ``reference`` is the cost of the unpruned all-8-bit model
+(:func:`reference_cost`), so ``strength`` is dimensionless. The same formula
+with one-hot probabilities gives the *hard* cost of the choices ``freeze``
+keeps (``layer_terms(model, hard=True)``), which target mode steers
+(``tfjpq.budget``). Costs are
 differentiable in the precision logits of the layer *and* of its producers,
 through the soft input channel count ``C_in_eff = C_in - sum_c theta[0, c]``.
 
@@ -29,7 +34,7 @@ Your own hardware model: subclass :class:`CostModel`, implement
             # t is a LayerTerms: t.macs_by_bits() gives MACs per weight precision
             return sum(m * (0.1 * b) for b, m in t.macs_by_bits().items())
 
-    search = tfjpq.wrap(model, cost=EnergyCost(), strength=1e-6)
+    search = tfjpq.wrap(model, cost=EnergyCost(), strength=0.05)     # or target=... in pJ
 """
 
 from __future__ import annotations
