@@ -9,9 +9,15 @@ BN folded, one layer per precision group named ``<layer>__w<bits>``, joined by C
     ideal        the int8 file with every weight costing exactly bits / 8 bytes
 
 Flash = flatbuffer bytes (+ the TFLM runtime-code estimate for the ops used, printed separately).
+
+It first measures flash efficiency, (ideal weight bytes + bias bytes) / flatbuffer bytes, of
+uniform w8 / w4 / w2 exports of ResNet-8 and the DS-CNN (one float epoch on MNIST-5k, then
+tfjpq.wrap(weight_bits=(b,)) -> freeze -> export -> convert), with the converter's full
+flatbuffer (strip=False) and the lean one convert writes by default.
+
 Writes benchmarks/results/export_sizes.json.
 
-Run: .venv/bin/python benchmarks/export_sizes.py
+Run: .venv/bin/python benchmarks/export_sizes.py [--efficiency-only]
 """
 
 import json
@@ -46,10 +52,43 @@ def searched_model(model, x, y):
     return tfjpq.export(tuned)
 
 
+def efficiency_table(x_tr, y_tr):
+    """Flash efficiency of uniform exports, full vs lean flatbuffer."""
+    import tfjpq
+
+    rows = []
+    for name, build in (("resnet8", zoo.resnet8), ("ds_cnn", zoo.ds_cnn)):
+        model = build(input_shape=x_tr.shape[1:])
+        zoo.train(model, x_tr, y_tr, epochs=1)
+        for bits in (8, 4, 2):
+            deploy = tfjpq.export(tfjpq.freeze(tfjpq.wrap(model, weight_bits=(bits,))))
+            row = {"model": name, "weight_bits": bits}
+            for strip in (False, True):
+                art = tflm_export.convert(deploy, x_tr[:100], strip=strip, check_tflm=False)
+                t = art.report["totals"]
+                key = "lean" if strip else "full"
+                row.update({f"{key}_bytes": art.size, f"{key}_efficiency": t["flash_efficiency"],
+                            "ideal_weight_bytes": t["weights_ideal_bytes"], "bias_bytes": t["bias_bytes"]})
+                if strip:
+                    row["lean_breakdown"] = t["breakdown"]
+                    row["methods"] = t["methods"]
+            rows.append(row)
+            print(f"{name:8s} w{bits}: weights {row['ideal_weight_bytes']:>9,.0f} B + biases {row['bias_bytes']:>5,} B | "
+                  f"full {row['full_bytes']:>7,} B (eff {row['full_efficiency']:.3f}) -> lean {row['lean_bytes']:>7,} B "
+                  f"(eff {row['lean_efficiency']:.3f}) {row['methods']}", flush=True)
+    return rows
+
+
 def main():
     t0 = time.time()
     (x_tr, y_tr), (x_te, y_te) = datasets.load("mnist5k")
     import tfjpq
+
+    print("flash efficiency = (ideal weight bytes + bias bytes) / flatbuffer bytes")
+    efficiency = efficiency_table(x_tr, y_tr)
+    if "--efficiency-only" in sys.argv:
+        _write({"efficiency": efficiency, "seconds": round(time.time() - t0, 1)}, merge=True)
+        return
 
     model = zoo.resnet8(input_shape=(28, 28, 1))
     zoo.train(model, x_tr, y_tr, epochs=EPOCHS)
@@ -113,8 +152,18 @@ def main():
         "per_tensor": [{k: r[k] for k in ("layer", "op", "shape", "grid_bits", "method", "stored_bytes",
                                           "measured_data_bytes", "int8_bytes", "ideal_bytes")}
                        for r in packed.report["tensors"]],
+        "efficiency": efficiency,
         "seconds": round(time.time() - t0, 1),
     }
+    _write(result)
+
+
+def _write(result, merge=False):
+    if merge and os.path.exists(OUT):
+        with open(OUT) as f:
+            old = json.load(f)
+        old.update(result)
+        result = old
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     tmp = OUT + ".tmp"
     with open(tmp, "w") as f:
