@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import tflm_export  # noqa: E402
 from tfjpq import datasets, zoo  # noqa: E402
 
-EPOCHS, SEARCH_EPOCHS, FINETUNE_EPOCHS, STRENGTH = 5, 6, 2, 5e-7
+EPOCHS, SEARCH_EPOCHS, FINETUNE_EPOCHS, STRENGTH = 5, 6, 2, 0.05
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_sizes.json")
 
 

@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=4, help="float training epochs of the cropped model")
     p.add_argument("--search-epochs", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--strength", type=float, default=5e-6, help="cost weight, per byte of weights")
+    p.add_argument("--strength", type=float, default=0.1, help="weight of the cost relative to the all-8-bit model")
     p.add_argument("--board", default="nano33ble")
     p.add_argument("--out", default="build/precrop_then_search", help="where the TFLite/C artifacts go")
     p.add_argument("--no-deploy", action="store_true", help="stop after tfjpq.export (skip TFLM)")

@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=6, help="float training epochs")
     p.add_argument("--search-epochs", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--strength", type=float, default=5e-7, help="cost weight, per cost unit (bytes for size)")
+    p.add_argument("--strength", type=float, default=0.05, help="weight of the cost relative to the all-8-bit model (dimensionless)")
     p.add_argument("--cost", default="size", help="size | bitops | mpic | tflm")
     p.add_argument("--board", default="nano33ble")
     p.add_argument("--out", default="build/quickstart", help="where the TFLite/C artifacts go")
