@@ -112,7 +112,7 @@ def test_whole_group_pruned_keeps_one_channel(trained_small_cnn):
 @pytest.mark.parametrize("stage", ["search", "frozen", "deploy"])
 def test_save_and_load_round_trip(stage, trained_small_cnn, digits, tmp_path):
     _, (xt, _) = digits
-    search = tfjpq.wrap(trained_small_cnn, cost="bitops", strength=3e-9, act_bits=(4, 8))
+    search = tfjpq.wrap(trained_small_cnn, cost="bitops", strength=0.3, act_bits=(4, 8))
     random_choices(search, seed=2)
     model = {"search": lambda: search, "frozen": lambda: tfjpq.freeze(search),
              "deploy": lambda: tfjpq.export(tfjpq.freeze(search))}[stage]()
@@ -122,7 +122,7 @@ def test_save_and_load_round_trip(stage, trained_small_cnn, digits, tmp_path):
     np.testing.assert_array_equal(loaded.predict(xt[:100], verbose=0), model.predict(xt[:100], verbose=0))
     assert type(loaded) is type(model)
     if stage != "deploy":
-        assert loaded.strength == pytest.approx(3e-9)
+        assert loaded.strength == pytest.approx(0.3)
         assert loaded.cost_model.name == "bitops"
         assert float(loaded.cost()) == pytest.approx(float(model.cost()), rel=1e-6)
         # a loaded search model keeps its precision choices
