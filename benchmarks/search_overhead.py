@@ -65,7 +65,7 @@ def main(argv=None):
     float_model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     wbits = tuple(int(b) for b in args.weight_bits.split(","))
     abits = tuple(int(b) for b in args.act_bits.split(","))
-    search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=1e-6)
+    search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=0.08)
     search.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
                    arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
 

@@ -23,8 +23,8 @@ not a sum; ``tflm_export.emulate`` measures it.
 
 Example::
 
-    search = tfjpq.wrap(model, cost=tfjpq.tflm_cost.TFLMCost("nucleo-f746zg", "latency"), strength=1e-2)
-    search = tfjpq.wrap(model, cost="tflm", strength=1e-5)        # flash on nano33ble
+    search = tfjpq.wrap(model, cost=tfjpq.tflm_cost.TFLMCost("nucleo-f746zg", "latency"), strength=0.05)
+    search = tfjpq.wrap(model, cost="tflm", target=20_000)        # flash bytes on nano33ble
 """
 
 from __future__ import annotations
