@@ -46,8 +46,19 @@ TFLM_METADATA = frozenset({"OfflineMemoryAllocation"})
 #: Minimum alignment of a data buffer (int32 biases need 4; wider types their own size).
 DATA_ALIGNMENT = 4
 
-_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+#: Operators with a constant filter, and the input index of their bias
+#: (TRANSPOSE_CONV's inputs are output shape, filter, activation, bias).
+_BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+_WEIGHT_OPS = tuple(_BIAS_INPUT)
 _BIAS_SCALE_NOT_READ = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+
+
+def _bias_index(name, inputs):
+    """The bias tensor index of a weight operator, or None (no bias input, or -1)."""
+    k = _BIAS_INPUT.get(name)
+    if k is None or inputs is None or len(inputs) <= k or inputs[k] < 0:
+        return None
+    return int(inputs[k])
 
 
 def _schema():
@@ -94,10 +105,11 @@ def _simplify(model, keep_names: bool):
         bias_role = {}
         for op in sg.operators or []:
             name = ops.get(op.opcodeIndex, "")
-            if name in _WEIGHT_OPS and op.inputs is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
-                prev = bias_role.get(op.inputs[2])
+            bias = _bias_index(name, op.inputs)
+            if bias is not None:
+                prev = bias_role.get(bias)
                 role = "drop" if name in _BIAS_SCALE_NOT_READ else "one"
-                bias_role[op.inputs[2]] = "one" if "one" in (prev, role) else role
+                bias_role[bias] = "one" if "one" in (prev, role) else role
         for ti, t in enumerate(sg.tensors or []):
             if not keep_names:
                 t.name = None
@@ -494,12 +506,12 @@ def breakdown(model_bytes: bytes) -> dict:
             name = codes[op.OpcodeIndex()] if op.OpcodeIndex() < len(codes) else ""
             ins = [op.Inputs(j) for j in range(op.InputsLength())]
             if name in _WEIGHT_OPS and len(ins) > 1:
-                w = ins[1] if name != "TRANSPOSE_CONV" else ins[1]
-                w = decode_src.get(w, w)
+                w = decode_src.get(ins[1], ins[1])
                 if w >= 0:
                     role.setdefault(tensors[w].Buffer(), "weights")
-                if len(ins) > 2 and ins[2] >= 0:
-                    b = decode_src.get(ins[2], ins[2])
+                bias = _bias_index(name, ins)
+                if bias is not None:
+                    b = decode_src.get(bias, bias)
                     role.setdefault(tensors[b].Buffer(), "biases")
         for t in tensors:
             spans.string(t._tab, 3, "names")
