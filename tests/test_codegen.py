@@ -1,5 +1,6 @@
 """The generated C/C++ sources compile warning-free, hold exactly the flatbuffer, and cross-compile for a Cortex-M4."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,6 +101,10 @@ def test_cortex_m4_rodata_is_the_flatbuffer(export_dir):
     # the array plus its 4-byte length and alignment padding, nothing else
     assert art.size + 4 <= res["rodata_bytes"] <= art.size + 4 + 16
     assert "-mcpu=cortex-m4" in res["flags"] and "-Os" in res["flags"]
+    # convert(out_dir=...) measured the same and wrote it into report.json
+    assert art.report["firmware"]["model_array_bytes"] == art.size
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["firmware"]["rodata_bytes"] == res["rodata_bytes"]
 
 
 def test_emulation_says_latency_is_an_estimate_with_its_band(export_dir):

@@ -103,12 +103,22 @@ class Artifact:
             "report.json": json.dumps(self.report, indent=2, default=_json_default) + "\n",
         }
 
-    def save(self, out_dir, overwrite: bool = False) -> dict:
+    def save(self, out_dir, overwrite: bool = False, firmware_size: bool = True) -> dict:
         """Write the files atomically: into a temporary sibling directory, then renamed into place.
 
         An existing ``out_dir`` is replaced only with ``overwrite=True``
         (:class:`~tflm_export.errors.OutDirExistsError` otherwise); the old
-        directory is kept until the new one is in place.
+        directory is kept until the new one is in place. When the Cortex-M
+        toolchain (``arm-none-eabi-g++``) is installed and ``firmware_size`` is
+        true, ``model_data.cc`` is cross-compiled for a Cortex-M4 first and the
+        real ``.rodata`` of the model array goes into ``report["firmware"]``
+        (:func:`tflm_export.codegen.cross_compile_size`); without it,
+        ``report["firmware"]`` is None.
+
+        Example::
+
+            art.save("build/m", overwrite=True)
+            art.report["firmware"]     # {'rodata_bytes': ..., 'model_array_bytes': ...} or None
         """
         out_dir = os.path.abspath(os.fspath(out_dir))
         check_out_dir(out_dir, overwrite)
@@ -122,6 +132,9 @@ class Artifact:
                     f.write(content)
                     f.flush()
                     os.fsync(f.fileno())
+            self.report["firmware"] = codegen.cross_compile_size(tmp) if firmware_size else None
+            with open(os.path.join(tmp, "report.json"), "w") as f:
+                f.write(self.sources()["report.json"])
             os.chmod(tmp, 0o755)
             old = None
             if os.path.exists(out_dir):
