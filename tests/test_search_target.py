@@ -130,3 +130,33 @@ def test_controller_state_is_saved_and_restored(trained_small_cnn, digits, tmp_p
     loaded.compile(optimizer="adam", loss=LOSS)
     loaded.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0)
     assert loaded.strength != pytest.approx(search.strength)
+
+
+def test_tflm_cost_is_the_whole_flatbuffer_and_its_target_lands_on_the_converted_file(trained_small_cnn, digits):
+    import tflm_export
+
+    from tfjpq.tflm_cost import flatbuffer_bytes
+
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    # calibrated on the all-8-bit export: the hard cost is that flatbuffer's size
+    fixed = search.cost_model.fixed_bytes
+    assert fixed > 0
+    art = tflm_export.convert(tfjpq.export(tfjpq.freeze(search)), representative_data=x[:64])
+    assert float(search.hard_cost()) == pytest.approx(art.size, abs=8)
+    # the per-layer terms follow the file when channels are pruned and narrowed
+    random_choices(search, seed=2)
+    assert float(search.hard_cost()) == pytest.approx(flatbuffer_bytes(search), rel=0.03)
+    # a target is bytes of the converted flatbuffer, within tolerance after freeze
+    goal = 0.45 * search.reference_cost
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm", target=goal)
+    search.compile(optimizer="adam", loss=LOSS)
+    search.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    tuned = tfjpq.freeze(search)
+    measured = tflm_export.convert(tfjpq.export(tuned), representative_data=x[:64]).size
+    assert tuned.projection["flatbuffer_bytes"] == measured
+    assert abs(measured / goal - 1) <= 0.03
+    # the calibration belongs to one model: an instance passed in is not changed
+    mine = tfjpq.tflm_cost.TFLMCost()
+    tfjpq.wrap(trained_small_cnn, cost=mine)
+    assert mine.fixed_bytes is None

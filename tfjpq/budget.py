@@ -239,3 +239,36 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12):
                 alpha[idx[ch], ch] = alpha[:, ch].max() + 1.0
             c.alpha.assign(alpha)
     return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
+
+
+FLATBUFFER_CHECKS = 3
+
+
+def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
+    """Convert the projected model, and re-project while its flatbuffer misses the target by more than tolerance.
+
+    For a flash cost that prices the whole flatbuffer (``tfjpq.tflm_cost.TFLMCost``):
+    the per-layer model is an estimate, the converted file is what the board
+    pays. Each check converts the hard choices (:func:`tfjpq.tflm_cost.flatbuffer_bytes`)
+    and, on a miss, projects again to ``target - (measured - modelled)``.
+    Adds ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
+
+    Example::
+
+        tuned = tfjpq.freeze(search)          # search = tfjpq.wrap(model, cost="tflm", target=20_000)
+        tuned.projection["flatbuffer_bytes"]  # within 3 % of 20,000
+    """
+    from tfjpq.tflm_cost import flatbuffer_bytes
+
+    target, tol = float(model.target), float(model.tolerance)
+    for i in range(checks):
+        measured = flatbuffer_bytes(model)
+        report["flatbuffer_bytes"] = int(measured)
+        report["flatbuffer_error"] = measured / target - 1.0
+        if abs(measured / target - 1.0) <= tol or i == checks - 1:
+            break
+        modelled = float(model.hard_cost())
+        again = project(model, target - (measured - modelled), tol / 2)
+        report["moves"] += again["moves"]
+        report["after"] = again["after"]
+    return report

@@ -11,7 +11,13 @@ allows, evaluated at the soft channel counts:
 * LUT (``b < 8``): ``N * b / 8`` index bytes + 16-byte header +
   ``channels * (2**b - 1)`` table bytes + the DECODE graph records of the lean flatbuffer
   (``storage.LUT_GRAPH_BYTES``, counted once the group has a channel);
-* plus the int32 bias, 4 bytes per kept channel.
+* plus the int32 bias and the float32 weight scale, 4 + 4 bytes per kept channel;
+* plus ``fixed_bytes``: everything else in the flatbuffer (operators, tensors,
+  activation quantization, the layers that are not searched). ``tfjpq.wrap``
+  measures it once by exporting the all-widest model with
+  ``tflm_export.convert`` (:meth:`TFLMCost.calibrate`), so the cost, and a
+  ``target``, are bytes of the whole flatbuffer; with ``target``,
+  :func:`tfjpq.freeze` also checks the converted flatbuffer of its result.
 
 ``objective="latency"`` (ms on the board's core): MACs per precision group
 times the exporter's cycles per MAC for the op and core
@@ -44,7 +50,7 @@ class TFLMCost(CostModel):
 
     name = "tflm"
 
-    def __init__(self, board="nano33ble", objective="flash", kernels="cmsis-nn"):
+    def __init__(self, board="nano33ble", objective="flash", kernels="cmsis-nn", fixed_bytes=None):
         from tflm_export import boards, cycles
 
         if objective not in OBJECTIVES:
@@ -53,6 +59,7 @@ class TFLMCost(CostModel):
         self.objective = objective
         self.kernels = kernels
         self.unit = "bytes" if objective == "flash" else "ms"
+        self.fixed_bytes = None if fixed_bytes is None else float(fixed_bytes)
         cycles.mac_cycles("CONV_2D", self.board.core, kernels)  # validates core and kernels
 
     def check(self, weight_bits, act_bits):
@@ -97,7 +104,36 @@ class TFLMCost(CostModel):
             extra = tf.maximum(parts - 1.0, 0.0)
             split = split + tf.minimum(extra, 1.0) * storage.SPLIT_CONCAT_BYTES + extra * storage.SPLIT_PART_BYTES
             total = tf.minimum(split, one)
-        return total + storage.BIAS_BYTES_PER_CHANNEL * kept
+        return total + (storage.BIAS_BYTES_PER_CHANNEL + SCALE_BYTES_PER_CHANNEL) * kept
+
+    def total(self, terms):
+        total = super().total(terms)
+        if self.objective == "flash" and self.fixed_bytes:
+            total = total + self.fixed_bytes
+        return total
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.objective == "flash" and self.fixed_bytes is None
+
+    def calibrate(self, search, seed=0):
+        """Measure ``fixed_bytes`` on ``search`` (just wrapped: every channel at its widest width).
+
+        Exports the model as it stands, converts it (random calibration data:
+        the byte count does not depend on the scales' values) and keeps the
+        flatbuffer bytes the per-layer terms do not account for.
+
+        Example::
+
+            cost = TFLMCost()
+            search = tfjpq.wrap(model, cost=cost)     # calls cost.calibrate(search)
+            cost.fixed_bytes                          # e.g. 4,700 bytes of graph on ResNet-8
+        """
+        self.fixed_bytes = 0.0
+        measured = flatbuffer_bytes(search, seed=seed)
+        modeled = float(self.total(_hard_terms(search)))
+        self.fixed_bytes = float(measured - modeled)
+        return self.fixed_bytes
 
     def _latency(self, t):
         from tflm_export import cycles
@@ -124,7 +160,7 @@ class TFLMCost(CostModel):
             "name": b.name, "core": b.core, "clock_mhz": b.clock_mhz, "sram_bytes": b.sram_bytes,
             "flash_bytes": b.flash_bytes, "ram_reserved_bytes": b.ram_reserved_bytes,
             "flash_reserved_bytes": b.flash_reserved_bytes}
-        return {"board": board, "objective": self.objective, "kernels": self.kernels}
+        return {"board": board, "objective": self.objective, "kernels": self.kernels, "fixed_bytes": self.fixed_bytes}
 
     @classmethod
     def from_config(cls, config):
@@ -134,6 +170,40 @@ class TFLMCost(CostModel):
 
             config["board"] = Board(**config["board"])
         return cls(**config)
+
+
+def _hard_terms(search):
+    from tfjpq import cost
+
+    return cost.layer_terms(search, hard=True)
+
+
+def flatbuffer_bytes(search, seed=0) -> int:
+    """Bytes of the lean flatbuffer ``tflm_export.convert`` makes of the hard choices of ``search`` now.
+
+    Works on a copy (``freeze`` without projection, then ``tfjpq.export``);
+    calibrates on random inputs, which changes the scales but not the bytes.
+
+    Example::
+
+        flatbuffer_bytes(frozen)     # what tflm_export.convert(tfjpq.export(frozen), x).size gives
+    """
+    import numpy as np
+
+    import tflm_export
+    from tfjpq.export import export
+    from tfjpq.search import freeze
+
+    probe = freeze(search, project=False)
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(d) for d in t.shape[1:]) for t in probe.inputs]
+    data = [rng.uniform(0, 1, (8,) + sh).astype("float32") for sh in shapes]
+    art = tflm_export.convert(export(probe), representative_data=data[0] if len(data) == 1 else data,
+                              check_tflm=False)
+    return len(art.model_bytes)
+
+
+SCALE_BYTES_PER_CHANNEL = 4  # float32 per-channel weight scale kept by the lean flatbuffer
 
 
 def _builtin_boards():

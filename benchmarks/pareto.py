@@ -1,0 +1,608 @@
+"""Accuracy vs flash: the joint search against the simple alternatives, measured the way a board does.
+
+For each model (``tfjpq.zoo`` ResNet-8 and DS-CNN) and seed, one float model is
+trained, and every pipeline starts from a copy of it and gets the same
+epochs: ``--search-epochs`` at lr 1e-3, then ``--finetune-epochs`` at lr 3e-4.
+
+- ``uniform-w8/w4/w2``: QAT with every weight at that width.
+- ``joint-size`` / ``joint-tflm``: ``tfjpq.wrap(..., target=B)`` with the
+  default recipe (plain compile, fit, ``freeze``, fine-tune), with budgets at
+  the uniform w8, w4 and w2 costs, between them and below w2.
+- ``l1-w8`` / ``l1-w4``: structured channel pruning, L1 ranking per channel
+  group to the same budget, then uniform QAT (the paper's sequential baseline).
+- ``tfmot-s<sparsity>-w<bits>``: tensorflow-model-optimization magnitude
+  pruning then QAT, in tf_keras in its own process (``tfmot_baseline.py``),
+  converted by the TFLite converter as users do.
+
+Every point is converted to a flatbuffer and run in TFLite Micro on the 1000
+test images: accuracy is TFLM top-1, bytes are the flatbuffer's (tfjpq's lean
+export; for tfmot both the converter's file and the same file through
+``tflm_export.lean.strip``).
+
+Usage::
+
+    python benchmarks/pareto.py              # full: 2 models x 3 seeds (about an hour on 2 cores)
+    python benchmarks/pareto.py --quick      # DS-CNN, 1 seed, short: a few minutes
+    python benchmarks/pareto.py --report-only   # redo tables and plots from pareto.json
+
+Writes ``benchmarks/results/pareto.json`` (every point, written after each one),
+``benchmarks/RESULTS.md`` (command, date, tables, targets), ``pareto.png`` and
+``pareto_layers.png`` (per-layer widths and kept channels of the joint search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+ISO = 0.005  # iso-accuracy: within half a point
+
+
+# --------------------------------------------------------------------------- pipelines
+
+class Bench:
+    """Data, epochs and the measuring of one (model, seed)."""
+
+    def __init__(self, arch, seed, data, args):
+        import keras
+
+        from tfjpq import zoo
+
+        self.arch, self.seed, self.args = arch, seed, args
+        (self.x, self.y), (self.xt, self.yt) = data
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        builder = {"resnet8": zoo.resnet8, "ds_cnn": zoo.ds_cnn}[arch]
+        t0 = time.time()
+        self.float_model = builder(input_shape=self.x.shape[1:], num_classes=int(self.y.max()) + 1, seed=seed)
+        self.float_epochs = args.float_epochs or FLOAT_EPOCHS[arch]
+        cache = os.path.join(args.cache, f"{arch}_seed{seed}_e{self.float_epochs}_n{len(self.x)}.weights.h5")
+        if args.cache and os.path.exists(cache):  # the same float start for runs split over several invocations
+            self.float_model.load_weights(cache)
+        else:
+            zoo.train(self.float_model, self.x, self.y, epochs=self.float_epochs)
+            if args.cache:
+                os.makedirs(args.cache, exist_ok=True)
+                self.float_model.save_weights(cache)
+        self.float_s = time.time() - t0
+        self.float_acc = float((self.float_model.predict(self.xt, verbose=0, batch_size=256).argmax(-1)
+                                == self.yt).mean())
+
+    def _fit(self, model, lr, epochs):
+        import keras
+
+        if epochs <= 0:
+            return
+        keras.utils.set_random_seed(self.seed)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=self.loss)
+        model.fit(self.x, self.y, epochs=epochs, batch_size=64, verbose=0)
+
+    def uniform_cost(self, bits, cost):
+        import tfjpq
+
+        return float(tfjpq.wrap(self.float_model, weight_bits=(bits,), cost=cost, strength=0.0).hard_cost())
+
+    def measure(self, frozen, method, t0, **extra):
+        """Export, convert, run in TFLM; one result row."""
+        import tflm_export
+
+        import tfjpq
+
+        train_s = time.time() - t0
+        deploy = tfjpq.export(frozen)
+        art = tflm_export.convert(deploy, representative_data=self.x[:200])
+        run = tflm_export.emulate(art, inputs=self.xt, check_fit=False)
+        acc = float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+        prof = tfjpq.profile(frozen)
+        layers = {r["name"]: {str(b): int(n) for b, n in r["bits_histogram"].items()} for r in prof.rows}
+        row = dict(model=self.arch, seed=self.seed, method=method, tflm_acc=acc, flash_bytes=art.size,
+                   weight_bytes=float(prof.totals["weight_bytes"]), wall_s=time.time() - t0, train_s=train_s,
+                   arena_bytes=int(run.arena_bytes), latency_ms=float(run.latency_ms),
+                   efficiency=float(art.report["totals"].get("flash_efficiency", 0.0)), layers=layers)
+        row.update(extra)
+        return row
+
+    # -- the pipelines ---------------------------------------------------------------------
+    def uniform(self, bits):
+        import keras
+
+        import tfjpq
+
+        t0 = time.time()
+        keras.utils.set_random_seed(self.seed)
+        frozen = tfjpq.freeze(tfjpq.wrap(self.float_model, weight_bits=(bits,), strength=0.0))
+        self._fit(frozen, 1e-3, self.args.search_epochs)
+        self._fit(frozen, 3e-4, self.args.finetune_epochs)
+        return self.measure(frozen, f"uniform-w{bits}", t0, bits=bits)
+
+    def joint(self, cost, target, label):
+        import keras
+
+        import tfjpq
+
+        t0 = time.time()
+        keras.utils.set_random_seed(self.seed)
+        search = tfjpq.wrap(self.float_model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost=cost, target=target)
+        search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=self.loss)
+        search.fit(self.x, self.y, epochs=self.args.search_epochs, batch_size=64, verbose=0)
+        end_cost = float(search.hard_cost())
+        frozen = tfjpq.freeze(search)
+        hard = float(frozen.hard_cost())
+        self._fit(frozen, 3e-4, self.args.finetune_epochs)
+        return self.measure(frozen, f"joint-{cost}", t0, cost=cost, target=float(target), budget=label,
+                            search_end_cost=end_cost, hard_cost=hard,
+                            target_error=hard / float(target) - 1.0)
+
+    def l1(self, bits, target, label):
+        """L1-ranked channel pruning to ``target`` bytes of weights, then uniform QAT at ``bits``."""
+        import keras
+
+        import tfjpq
+
+        t0 = time.time()
+        keras.utils.set_random_seed(self.seed)
+        search = tfjpq.wrap(self.float_model, weight_bits=(0, bits), act_bits=(8,), cost="size", strength=0.0)
+        scores = {}
+        for layer in search.search_layers():
+            k = np.abs(np.moveaxis(layer.kernel.numpy(), layer.channel_axis, -1))
+            l1 = k.reshape(-1, k.shape[-1]).mean(0)
+            scores[layer.group] = scores.get(layer.group, 0.0) + l1 / (l1.mean() + 1e-12)
+        choices = search.precision_choices()
+
+        def set_ratio(r):
+            for c in choices:
+                bits_ = list(c.bits)
+                alpha = np.full((len(bits_), c.channels), -10.0, np.float32)
+                keep = np.ones(c.channels, bool)
+                if c.prunable:
+                    n = max(1, int(round(r * c.channels)))
+                    keep[:] = False
+                    keep[np.argsort(-scores[c.name], kind="stable")[:n]] = True
+                    alpha[bits_.index(0), ~keep] = 10.0
+                alpha[bits_.index(bits), keep] = 10.0
+                c.alpha.assign(alpha)
+            return float(search.hard_cost())
+
+        lo, hi = 0.0, 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if set_ratio(mid) <= target else (lo, mid)
+        set_ratio(lo)
+        frozen = tfjpq.freeze(search)
+        self._fit(frozen, 1e-3, self.args.search_epochs)
+        self._fit(frozen, 3e-4, self.args.finetune_epochs)
+        return self.measure(frozen, f"l1-w{bits}", t0, bits=bits, target=float(target), budget=label,
+                            keep_ratio=lo, hard_cost=float(frozen.hard_cost()))
+
+    def tfmot(self, sparsity, bits, workdir):
+        """tfmot prune-then-QAT in its own process; the flatbuffer is measured here."""
+        import tflm_export
+        from tflm_export import lean
+
+        io_path = os.path.join(workdir, f"{self.arch}_{self.seed}.npz")
+        if not os.path.exists(io_path):
+            arrays = {"x": self.x, "y": self.y, "cal": self.x[:200], "num_classes": int(self.y.max()) + 1}
+            for layer in self.float_model.layers:
+                for i, w in enumerate(layer.get_weights()):
+                    arrays[f"w/{layer.name}/{i}"] = w
+            np.savez(io_path, **arrays)
+        out = os.path.join(workdir, f"tfmot_{self.arch}_{self.seed}_{sparsity}_{bits}.tflite")
+        cmd = [sys.executable, os.path.join(HERE, "tfmot_baseline.py"), "--io", io_path, "--arch", self.arch,
+               "--sparsity", str(sparsity), "--bits", str(bits), "--seed", str(self.seed), "--out", out,
+               "--prune-epochs", str(self.args.search_epochs), "--qat-epochs", str(self.args.finetune_epochs)]
+        t0 = time.time()
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.time() - t0
+        method = f"tfmot-w{bits}"
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-3:])
+            return dict(model=self.arch, seed=self.seed, method=method, sparsity=sparsity, bits=bits,
+                        failed=f"exit {proc.returncode}: {tail}", wall_s=wall)
+        info = json.loads(open(out + ".json").read())
+        flat = open(out, "rb").read()
+        run = tflm_export.emulate(flat, inputs=self.xt, check_fit=False)
+        acc = float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+        lean_bytes = lean.strip(flat)
+        return dict(model=self.arch, seed=self.seed, method=method, sparsity=sparsity, bits=bits, tflm_acc=acc,
+                    flash_bytes=len(lean_bytes), converter_bytes=len(flat), wall_s=wall,
+                    train_s=info["train_s"], measured_sparsity=info["sparsity"],
+                    arena_bytes=int(run.arena_bytes), latency_ms=float(run.latency_ms))
+
+
+# --------------------------------------------------------------------------- plan
+
+def budgets(w8, w4, w2):
+    """Named budgets: the uniform costs, geometric midpoints, and below w2."""
+    return {"w8": w8, "w8-w4": (w8 * w4) ** 0.5, "w4": w4, "w4-w2": (w4 * w2) ** 0.5, "w2": w2,
+            "0.7w2": 0.7 * w2, "0.5w2": 0.5 * w2}
+
+
+def plan(quick):
+    """(what, arguments) of every point for one (model, seed)."""
+    if quick:
+        return {"uniform": [8, 4, 2], "joint-size": ["w4", "w2", "0.5w2"], "joint-tflm": ["w2"],
+                "l1": [(8, "w4"), (4, "w2")], "tfmot": [(0.5, 8)]}
+    return {"uniform": [8, 4, 2],
+            "joint-size": ["w8", "w8-w4", "w4", "w4-w2", "w2", "0.7w2", "0.5w2"],
+            "joint-tflm": ["w4", "w2", "0.5w2"],
+            "l1": [(8, "w4"), (8, "w2"), (4, "w2"), (4, "0.5w2")],
+            "tfmot": [(0.5, 8), (0.5, 4)]}
+
+
+METHODS = ("uniform", "joint-size", "joint-tflm", "l1", "tfmot")
+FLOAT_EPOCHS = {"resnet8": 5, "ds_cnn": 10}  # DS-CNN learns slower per epoch and is cheap
+
+
+def run_all(args):
+    import keras
+
+    from tfjpq import datasets
+
+    data = datasets.load(args.dataset)
+    (x, y), (xt, yt) = data
+    if args.train_samples:
+        data = ((x[:args.train_samples], y[:args.train_samples]), (xt, yt))
+    out_json = args.out
+    rows = []
+    previous = None
+    if args.append and os.path.exists(out_json):  # keep what this run does not redo
+        previous = json.load(open(out_json))
+        rows = [r for r in previous["rows"] if r["model"] not in args.models or not _redone(r, args.methods)]
+    meta = dict(command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+                date=datetime.date.today().isoformat(), dataset=args.dataset, models=args.models, seeds=args.seeds,
+                float_epochs=args.float_epochs, search_epochs=args.search_epochs,
+                finetune_epochs=args.finetune_epochs, train_samples=len(data[0][0]), test_samples=len(xt))
+    if previous:
+        meta["command"] = previous["meta"]["command"] + "` then `" + meta["command"]
+        meta["total_s_before"] = previous["meta"].get("total_s", 0) + previous["meta"].get("total_s_before", 0)
+    todo = {k: (v if k in args.methods else []) for k, v in plan(args.quick).items()}
+    workdir = tempfile.mkdtemp(prefix="tfjpq-pareto-")
+    t_all = time.time()
+
+    def save():
+        os.makedirs(os.path.dirname(out_json), exist_ok=True)
+        tmp = out_json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        os.replace(tmp, out_json)
+
+    def add(row):
+        rows.append(row)
+        save()
+        if row.get("failed"):
+            print(f"  {row['method']:<12} FAILED ({row['failed'][:200]})", flush=True)
+            return
+        extra = f" target {row['budget']:<6} err {row['target_error']:+.1%}" if "target_error" in row else (
+            f" {row['budget']:<6}" if "budget" in row else "")
+        print(f"  {row['method']:<12}{extra} acc {row['tflm_acc']:.3f}  flash {row['flash_bytes']:>7,} B  "
+              f"{row['wall_s']:5.0f} s  [{time.time() - t_all:5.0f} s total]", flush=True)
+
+    for arch in args.models:
+        for seed in args.seeds:
+            keras.backend.clear_session()
+            gc.collect()
+            b = Bench(arch, seed, data, args)
+            if not any(r["model"] == arch and r["seed"] == seed and r["method"] == "float" for r in rows):
+                rows.append(dict(model=arch, seed=seed, method="float", tflm_acc=None, keras_acc=b.float_acc,
+                                 wall_s=b.float_s))
+            print(f"== {arch} seed {seed}: float {b.float_acc:.3f} after {b.float_epochs} epochs "
+                  f"({b.float_s:.0f} s)", flush=True)
+            costs = {c: {f"w{w}": b.uniform_cost(w, c) for w in (8, 4, 2)} for c in ("size", "tflm")}
+            named = {c: budgets(v["w8"], v["w4"], v["w2"]) for c, v in costs.items()}
+            for bits in todo["uniform"]:
+                add(b.uniform(bits))
+            for cost in ("size", "tflm"):
+                for label in todo[f"joint-{cost}"]:
+                    add(b.joint(cost, named[cost][label], label))
+            for bits, label in todo["l1"]:
+                add(b.l1(bits, named["size"][label], label))
+            for sparsity, bits in todo["tfmot"]:
+                add(b.tfmot(sparsity, bits, workdir))
+    meta["total_s"] = time.time() - t_all
+    save()
+    return {"meta": meta, "rows": rows}
+
+
+def _redone(row, methods):
+    m = row["method"]
+    return any(m == k or m.startswith(k + "-") for k in methods)
+
+
+# --------------------------------------------------------------------------- analysis
+
+def _points(rows, arch):
+    """{series: [(label, mean bytes, mean acc, std acc, n, mean wall)]} over seeds."""
+    groups = {}
+    for r in rows:
+        if r["model"] != arch or r.get("failed") or r["method"] == "float":
+            continue
+        label = r.get("budget") or (f"s{r['sparsity']}" if "sparsity" in r else "")
+        groups.setdefault((r["method"], label), []).append(r)
+    out = {}
+    for (method, label), rs in groups.items():
+        acc = np.array([r["tflm_acc"] for r in rs])
+        out.setdefault(method, []).append(dict(
+            label=label, bytes=float(np.mean([r["flash_bytes"] for r in rs])), acc=float(acc.mean()),
+            acc_std=float(acc.std()), n=len(rs), wall=float(np.mean([r["wall_s"] for r in rs])),
+            target_error=(float(np.mean([r["target_error"] for r in rs])) if "target_error" in rs[0] else None),
+            max_target_error=(float(np.max(np.abs([r["target_error"] for r in rs])))
+                              if "target_error" in rs[0] else None),
+            converter_bytes=(float(np.mean([r["converter_bytes"] for r in rs])) if "converter_bytes" in rs[0]
+                             else None)))
+    for v in out.values():
+        v.sort(key=lambda p: -p["bytes"])
+    return out
+
+
+def _joint(pts):
+    return [p for m in ("joint-size", "joint-tflm") for p in pts.get(m, [])]
+
+
+def targets(rows, arch):
+    """The issue's targets for one model, with the measured figures."""
+    pts = _points(rows, arch)
+    joint = _joint(pts)
+    uni = {p_m: pts[p_m][0] for p_m in ("uniform-w8", "uniform-w4", "uniform-w2") if p_m in pts}
+    out = {}
+    if "uniform-w8" in uni and joint:
+        w8 = uni["uniform-w8"]
+        ok = [p for p in joint if p["acc"] >= w8["acc"] - ISO]
+        best = min(ok, key=lambda p: p["bytes"]) if ok else None
+        out["vs_w8"] = dict(w8_bytes=w8["bytes"], w8_acc=w8["acc"], best=best,
+                            saving=(1 - best["bytes"] / w8["bytes"]) if best else None, goal=0.60,
+                            met=bool(best and 1 - best["bytes"] / w8["bytes"] >= 0.60))
+    if "uniform-w2" in uni and joint:
+        w2 = uni["uniform-w2"]
+        small = [p for p in joint if p["bytes"] <= 0.5 * w2["bytes"]]
+        best = max(small, key=lambda p: p["acc"]) if small else None
+        ok = [p for p in joint if p["acc"] >= w2["acc"] - ISO]
+        smallest = min(ok, key=lambda p: p["bytes"]) if ok else None
+        out["vs_w2"] = dict(w2_bytes=w2["bytes"], w2_acc=w2["acc"], best_at_half=best,
+                            smallest_at_w2_acc=smallest,
+                            ratio=(smallest["bytes"] / w2["bytes"]) if smallest else None,
+                            met=bool(smallest and smallest["bytes"] <= 0.5 * w2["bytes"]))
+    dom = []
+    for m in ["uniform-w4"] + sorted(k for k in pts if k.startswith(("l1-", "tfmot-"))):
+        for p in pts.get(m, []):
+            better = [q for q in joint if q["bytes"] <= p["bytes"] and q["acc"] >= p["acc"]]
+            dom.append(dict(method=m, label=p["label"], bytes=p["bytes"], acc=p["acc"], dominated=bool(better),
+                            by=(min(better, key=lambda q: q["bytes"])["label"] if better else None)))
+    out["dominance"] = dom
+    errs = [r["target_error"] for r in rows if r["model"] == arch and "target_error" in r and not r.get("failed")]
+    out["target_errors"] = dict(max_abs=float(np.max(np.abs(errs))) if errs else None, n=len(errs),
+                                within=int(sum(abs(e) <= 0.03 for e in errs)))
+    tflm_rows = [r for r in rows if r["model"] == arch and r["method"] == "joint-tflm" and not r.get("failed")]
+    out["tflm_flash_vs_target"] = [r["flash_bytes"] / r["target"] - 1 for r in tflm_rows]
+    walls = {m: float(np.mean([p["wall"] for p in v])) for m, v in pts.items()}
+    joint_wall = np.mean([walls[m] for m in ("joint-size", "joint-tflm") if m in walls]) if joint else None
+    seq = [walls[m] for m in walls if m.startswith(("l1-", "tfmot-"))]
+    out["wall"] = dict(per_method=walls, joint=joint_wall, sequential=float(np.mean(seq)) if seq else None,
+                       ratio=(joint_wall / np.mean(seq)) if seq and joint_wall else None, goal=0.6)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+COLORS = {"uniform": "#444444", "joint-size": "#d62728", "joint-tflm": "#ff7f0e", "l1-w8": "#1f77b4",
+          "l1-w4": "#17becf", "tfmot-w8": "#2ca02c", "tfmot-w4": "#98df8a"}
+
+
+def plot_pareto(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["meta"]["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
+    for ax, arch in zip(axes[0], models):
+        pts = _points(result["rows"], arch)
+        uni = [p | {"m": m} for m in ("uniform-w8", "uniform-w4", "uniform-w2") for p in pts.get(m, [])]
+        if uni:
+            ax.errorbar([p["bytes"] / 1000 for p in uni], [100 * p["acc"] for p in uni],
+                        yerr=[100 * p["acc_std"] for p in uni], fmt="s", color=COLORS["uniform"], label="uniform QAT")
+            for p in uni:
+                ax.annotate(p["m"][-2:], (p["bytes"] / 1000, 100 * p["acc"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        for m in sorted(pts):
+            if m.startswith("uniform"):
+                continue
+            ps = sorted(pts[m], key=lambda p: p["bytes"])
+            ax.errorbar([p["bytes"] / 1000 for p in ps], [100 * p["acc"] for p in ps],
+                        yerr=[100 * p["acc_std"] for p in ps], fmt="o-" if m.startswith("joint") else "^--",
+                        color=COLORS.get(m, None), label=m, ms=5, capsize=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("flatbuffer bytes (KB, log)")
+        ax.set_ylabel("TFLM top-1 accuracy (%)")
+        ax.set_title(f"{arch} on {result['meta']['dataset']}, mean of {len(result['meta']['seeds'])} seed(s)")
+        lo = min([100 * p["acc"] for v in pts.values() for p in v] + [100])
+        ax.set_ylim(max(lo - 2, 0), 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_layers(result, path):
+    """Per-layer mean bit-width of the kept channels and kept share, joint-size, first seed of each model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["meta"]["models"]
+    fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
+    for row_axes, arch in zip(axes, models):
+        seed = result["meta"]["seeds"][0]
+        rs = [r for r in result["rows"] if r["model"] == arch and r["seed"] == seed and r["method"] == "joint-size"
+              and not r.get("failed")]
+        rs.sort(key=lambda r: -r["target"])
+        if not rs:
+            continue
+        names = list(rs[0]["layers"])
+        bits = np.zeros((len(names), len(rs)))
+        kept = np.zeros((len(names), len(rs)))
+        for j, r in enumerate(rs):
+            for i, n in enumerate(names):
+                h = {int(b): c for b, c in r["layers"][n].items()}
+                total = sum(h.values())
+                alive = sum(c for b, c in h.items() if b > 0)
+                kept[i, j] = alive / max(total, 1)
+                bits[i, j] = sum(b * c for b, c in h.items() if b > 0) / max(alive, 1)
+        for ax, mat, title, cmap, vmax in ((row_axes[0], bits, "mean bits of kept channels", "viridis", 8),
+                                           (row_axes[1], kept, "kept share of channels", "magma", 1)):
+            im = ax.imshow(mat, aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_xticks(range(len(rs)), [r["budget"] for r in rs], fontsize=8)
+            ax.set_xlabel("budget (joint-size)")
+            ax.set_title(f"{arch} seed {seed}: {title}", fontsize=9)
+            for i in range(mat.shape[0]):
+                for j in range(mat.shape[1]):
+                    ax.text(j, i, f"{mat[i, j]:.1f}" if vmax == 8 else f"{mat[i, j]:.2f}", ha="center",
+                            va="center", fontsize=6, color="w" if mat[i, j] < 0.6 * vmax else "k")
+            fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt_pct(v):
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def markdown(result, figs):
+    meta = result["meta"]
+    lines = ["# Benchmark results", "",
+             "## Pareto: joint search vs uniform QAT, L1 channel pruning and tfmot (`benchmarks/pareto.py`)", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; total {(meta.get('total_s', 0) + meta.get('total_s_before', 0)) / 60:.0f} min "
+             "on the 2-core CI machine.  ",
+             f"Data: {meta['dataset']} ({meta['train_samples']} training, {meta['test_samples']} test images); "
+             f"seeds {meta['seeds']}; every pipeline starts from the same float model "
+             f"({meta['float_epochs'] or FLOAT_EPOCHS} epochs) and gets {meta['search_epochs']} + {meta['finetune_epochs']} epochs "
+             "(lr 1e-3, then 3e-4).  ",
+             "Accuracy: TFLM top-1 of the converted flatbuffer on the test images (mean ± std over seeds). "
+             "Bytes: the flatbuffer (tfjpq's lean export; tfmot's converter file in brackets, the same file "
+             "through `lean.strip` first). Budgets are named after the uniform model whose cost they equal in "
+             "the pipeline's cost model (`w8-w4`: geometric midpoint).", ""]
+    for arch in meta["models"]:
+        pts = _points(result["rows"], arch)
+        floats = [r["keras_acc"] for r in result["rows"] if r["model"] == arch and r["method"] == "float"]
+        lines += [f"### {arch}", "", f"Float start: {100 * np.mean(floats):.1f}% (Keras).", "",
+                  "| method | budget | flash bytes | TFLM accuracy | target error | wall s |",
+                  "|---|---|---:|---|---:|---:|"]
+        order = ["uniform-w8", "uniform-w4", "uniform-w2", "joint-size", "joint-tflm", "l1-w8", "l1-w4",
+                 "tfmot-w8", "tfmot-w4"]
+        for m in order + sorted(set(pts) - set(order)):
+            for p in pts.get(m, []):
+                b = f"{p['bytes']:,.0f}" + (f" ({p['converter_bytes']:,.0f})" if p["converter_bytes"] else "")
+                te = "" if p["target_error"] is None else f"{100 * p['target_error']:+.1f}%"
+                lines.append(f"| {m} | {p['label']} | {b} | {100 * p['acc']:.1f} ± {100 * p['acc_std']:.1f} | "
+                             f"{te} | {p['wall']:.0f} |")
+        fails = [r for r in result["rows"] if r["model"] == arch and r.get("failed")]
+        for r in fails:
+            lines.append(f"| {r['method']} | s{r.get('sparsity')} | failed | {r['failed'][:120]} | | |")
+        t = targets(result["rows"], arch)
+        lines += ["", "Targets (mean of seeds; iso-accuracy = within 0.5 points):", ""]
+        if "vs_w8" in t:
+            v = t["vs_w8"]
+            best = v["best"]
+            lines.append(f"- Flash ≤ −60% vs uniform w8 at w8's accuracy ({100 * v['w8_acc']:.1f}%, "
+                         f"{v['w8_bytes']:,.0f} B): " + (
+                             f"smallest joint point within 0.5 pt is {best['label']} ({best['bytes']:,.0f} B, "
+                             f"{100 * best['acc']:.1f}%): {_fmt_pct(-v['saving'])}; "
+                             if best else "no joint point within 0.5 pt; ") + ("**met**" if v["met"] else "**missed**"))
+        if "vs_w2" in t:
+            v = t["vs_w2"]
+            s = v["smallest_at_w2_acc"]
+            lines.append(f"- w2's accuracy ({100 * v['w2_acc']:.1f}%, {v['w2_bytes']:,.0f} B) at ≤ 50% of its bytes: " + (
+                f"smallest joint point within 0.5 pt is {s['label']} ({s['bytes']:,.0f} B, "
+                f"{100 * s['acc']:.1f}%), {100 * v['ratio']:.0f}% of w2's bytes; " if s else "none reaches it; ")
+                + ("**met**" if v["met"] else "**missed**"))
+        dom = t["dominance"]
+        n_dom = sum(d["dominated"] for d in dom)
+        lines.append(f"- Joint front dominates the baselines: {n_dom} of {len(dom)} baseline points dominated"
+                     + ("" if n_dom == len(dom) else " (not: " + "; ".join(
+                         f"{d['method']} {d['label']} {d['bytes']:,.0f} B {100 * d['acc']:.1f}%"
+                         for d in dom if not d["dominated"]) + ")") + ".")
+        te = t["target_errors"]
+        if te["n"]:
+            lines.append(f"- Targets within ±3%: {te['within']} of {te['n']} runs (largest error "
+                         f"{100 * te['max_abs']:.1f}%, in the search's cost model).")
+        if t["tflm_flash_vs_target"]:
+            e = t["tflm_flash_vs_target"]
+            lines.append(f"- `tflm` cost, real flatbuffer vs target: {100 * min(e):+.1f}% to {100 * max(e):+.1f}%.")
+        w = t["wall"]
+        if w["ratio"] is not None:
+            lines.append(f"- Wall-clock per point: joint {w['joint']:.0f} s, sequential pipelines {w['sequential']:.0f} s "
+                         f"(ratio {w['ratio']:.2f}; goal ≤ 0.6).")
+        lines.append("")
+    lines += [f"![accuracy vs flash]({figs['pareto']})", "", f"![per-layer widths]({figs['pareto_layers']})", ""]
+    return "\n".join(lines)
+
+
+def write_reports(result, md_path, out_dir=RESULTS):
+    """RESULTS.md and the two PNGs (next to the json)."""
+    figs = {k: os.path.join(out_dir, f"{k}.png") for k in ("pareto", "pareto_layers")}
+    plot_pareto(result, figs["pareto"])
+    plot_layers(result, figs["pareto_layers"])
+    text = markdown(result, {k: os.path.relpath(v, os.path.dirname(os.path.abspath(md_path))) for k, v in figs.items()})
+    with open(md_path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(md_path + ".tmp", md_path)
+    print(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="DS-CNN, one seed, short epochs, a few points")
+    p.add_argument("--models", nargs="+", default=None, choices=["resnet8", "ds_cnn"])
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--float-epochs", type=int, default=None)
+    p.add_argument("--search-epochs", type=int, default=None)
+    p.add_argument("--finetune-epochs", type=int, default=None)
+    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--out", default=os.path.join(RESULTS, "pareto.json"))
+    p.add_argument("--md", default=os.path.join(HERE, "RESULTS.md"))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--cache", default=os.path.join(os.path.dirname(HERE), "build", "pareto_cache"),
+                   help="float weights per (model, seed), reused by later runs ('' to retrain)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows already in --out that this run does not redo (other models or methods)")
+    p.add_argument("--report-only", action="store_true", help="only redo RESULTS.md and the plots from --out")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.models = args.models or (["ds_cnn"] if quick else ["resnet8", "ds_cnn"])
+    args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
+    args.float_epochs = args.float_epochs if args.float_epochs is not None else (3 if quick else None)
+    args.search_epochs = args.search_epochs if args.search_epochs is not None else (1 if quick else 3)
+    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else 1
+    if quick and args.train_samples is None:
+        args.train_samples = 2000
+    if args.report_only:
+        result = json.load(open(args.out))
+    else:
+        result = run_all(args)
+        if args.append:
+            result["meta"]["models"] = sorted({r["model"] for r in result["rows"]},
+                                              key=["resnet8", "ds_cnn"].index)
+    write_reports(result, args.md, os.path.dirname(os.path.abspath(args.out)))
+    return result
+
+
+if __name__ == "__main__":
+    main()
