@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED = 1
 
-.PHONY: demo test test-fast bench venv clean firmware-size latency-calibration
+.PHONY: demo test test-fast bench pareto venv clean firmware-size latency-calibration
 
 venv: $(VENV)/.installed
 
@@ -14,6 +14,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,examples]'
+	# the tfmot baseline of benchmarks/pareto.py (tf_keras, own process); its absl-py~=1.2 pin is stale
+	$(PY) -m pip install -q --no-deps tensorflow-model-optimization==0.8.1
 	touch $@
 
 demo: venv
@@ -27,6 +29,10 @@ test-fast: venv
 
 bench: venv
 	$(PY) benchmarks/search_overhead.py
+
+# Joint search vs uniform QAT, L1 channel pruning and tfmot, measured in TFLM (benchmarks/RESULTS.md)
+pareto: venv
+	$(PY) benchmarks/pareto.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -260,7 +260,8 @@ def run_all(args):
     previous = None
     if args.append and os.path.exists(out_json):  # keep what this run does not redo
         previous = json.load(open(out_json))
-        rows = [r for r in previous["rows"] if r["model"] not in args.models or not _redone(r, args.methods)]
+        rows = [r for r in previous["rows"]
+                if r["model"] not in args.models or r["seed"] not in args.seeds or not _redone(r, args.methods)]
     meta = dict(command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
                 date=datetime.date.today().isoformat(), dataset=args.dataset, models=args.models, seeds=args.seeds,
                 float_epochs=args.float_epochs, search_epochs=args.search_epochs,
@@ -582,7 +583,7 @@ def main(argv=None):
     p.add_argument("--cache", default=os.path.join(os.path.dirname(HERE), "build", "pareto_cache"),
                    help="float weights per (model, seed), reused by later runs ('' to retrain)")
     p.add_argument("--append", action="store_true",
-                   help="keep the rows already in --out that this run does not redo (other models or methods)")
+                   help="keep the rows already in --out that this run does not redo (other models, seeds or methods)")
     p.add_argument("--report-only", action="store_true", help="only redo RESULTS.md and the plots from --out")
     args = p.parse_args(argv)
     quick = args.quick
@@ -600,6 +601,7 @@ def main(argv=None):
         if args.append:
             result["meta"]["models"] = sorted({r["model"] for r in result["rows"]},
                                               key=["resnet8", "ds_cnn"].index)
+            result["meta"]["seeds"] = sorted({r["seed"] for r in result["rows"]})
     write_reports(result, args.md, os.path.dirname(os.path.abspath(args.out)))
     return result
 

@@ -91,6 +91,13 @@ def test_breakdown_sums_to_file_size_and_finds_the_weights(mixed, strip):
         assert b["parts"]["names"] == 0 and b["parts"]["metadata"] == 0
     else:
         assert b["parts"]["names"] > 0 and b["parts"]["metadata"] > 0
+    # tfjpq.summary shows the same breakdown
+    import tfjpq
+
+    printed = []
+    prof = tfjpq.summary(model, print_fn=printed.append, flatbuffer=art)
+    assert prof.totals["flatbuffer"] == b
+    assert f"flatbuffer {art.size:,d} B: " in printed[-1] and f"weights {b['parts']['weights']:,d}" in printed[-1]
 
 
 def test_lut_tables_are_counted_and_the_plan_predicts_stored_data(mixed):

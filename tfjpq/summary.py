@@ -77,7 +77,17 @@ class Profile:
         for r in self.rows:
             if r.get("note"):
                 lines.append(f"  {r['name']}: {r['note']}")
+        if t.get("flatbuffer"):
+            lines.append(format_breakdown(t["flatbuffer"]))
         return "\n".join(lines)
+
+
+def format_breakdown(b) -> str:
+    """One line per part of :func:`tflm_export.lean.breakdown`, largest first, with its share of the file."""
+    total = b["total"]
+    parts = sorted(b["parts"].items(), key=lambda kv: -kv[1])
+    return (f"flatbuffer {total:,d} B: "
+            + ", ".join(f"{name} {n:,d} ({n / total:.1%})" for name, n in parts if n))
 
 
 _OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
@@ -182,14 +192,26 @@ def profile(model) -> Profile:
     return Profile(rows=rows, totals=totals)
 
 
-def summary(model, print_fn=print) -> Profile:
+def summary(model, print_fn=print, flatbuffer=None) -> Profile:
     """Print the per-layer table of :func:`profile` and return the profile.
+
+    With ``flatbuffer`` (a ``tflm_export.Artifact``, or .tflite bytes), the
+    table ends with where every byte of that file goes (weights, biases, LUT
+    tables, quantization, graph, names, metadata, padding), also in
+    ``profile.totals["flatbuffer"]``.
 
     Example::
 
         tfjpq.summary(search)
+        art = tflm_export.convert(deploy, x[:200])
+        tfjpq.summary(deploy, flatbuffer=art)     # ... flatbuffer 23,568 B: weights 16,596 (70.4%), ...
     """
     prof = profile(model)
+    if flatbuffer is not None:
+        from tflm_export import lean
+
+        data = flatbuffer.model_bytes if hasattr(flatbuffer, "model_bytes") else bytes(flatbuffer)
+        prof.totals["flatbuffer"] = lean.breakdown(data)
     print_fn(f"tfjpq summary of {model.name!r}")
     print_fn(str(prof))
     return prof

@@ -1,0 +1,37 @@
+"""The benchmark scripts' quick paths run end to end and write what they promise (slow)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+
+
+@pytest.mark.slow
+def test_pareto_quick_measures_every_pipeline_in_tflm(tmp_path):
+    import pareto
+
+    out = tmp_path / "pareto.json"
+    md = tmp_path / "RESULTS.md"
+    pareto.main(["--quick", "--train-samples", "600", "--cache", "", "--out", str(out), "--md", str(md)])
+    rows = json.loads(out.read_text())["rows"]
+    methods = {r["method"] for r in rows}
+    assert {"float", "uniform-w8", "uniform-w4", "uniform-w2", "joint-size", "joint-tflm", "l1-w8", "l1-w4",
+            "tfmot-w8"} <= methods
+    measured = [r for r in rows if r["method"] != "float"]
+    assert not [r for r in measured if r.get("failed")]
+    for r in measured:
+        assert 0.0 <= r["tflm_acc"] <= 1.0 and r["flash_bytes"] > 1000
+    by = {r["method"]: r for r in measured}
+    # uniform widths really shrink the flatbuffer, and tfmot's converter file is bigger than its lean twin
+    assert by["uniform-w2"]["flash_bytes"] < by["uniform-w4"]["flash_bytes"] < by["uniform-w8"]["flash_bytes"]
+    assert by["tfmot-w8"]["converter_bytes"] > by["tfmot-w8"]["flash_bytes"]
+    # a tflm target is bytes of the converted flatbuffer
+    tflm = [r for r in measured if r["method"] == "joint-tflm"]
+    assert all(abs(r["flash_bytes"] / r["target"] - 1) <= 0.03 for r in tflm)
+    text = md.read_text()
+    assert "| joint-size |" in text and "Targets" in text
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "pareto_layers.png").exists()
