@@ -56,47 +56,18 @@ import keras
 import numpy as np
 from keras import layers
 
+from tfjpq.errors import UnsupportedModelError
+from tfjpq.graph import check_model, kind_of, registry, supported_names
 from tfjpq.precrop.saliency import SCORED_LAYERS
 
-# --------------------------------------------------------------------------- layer kinds
+SUPPORTED = tuple(supported_names("croppable"))
 
-
-def _classes(*names):
-    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))
-
-
-_CONV = _classes("Conv1D", "Conv2D", "Conv3D")
-_DENSE = _classes("Dense")
-_DEPTHWISE = _classes("DepthwiseConv1D", "DepthwiseConv2D")
-_MERGE = _classes("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-_CONCAT = _classes("Concatenate")
-_FLATTEN = _classes("Flatten")
-_RESHAPE = _classes("Reshape")
-_SAME_CHANNELS = _classes(
-    "BatchNormalization", "LayerNormalization",
-    "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "Identity",
-)
-SUPPORTED = tuple(c.__name__ for c in _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _SAME_CHANNELS) + (
-    "Reshape (flattening only)",
-)
-
-
-class UnsupportedLayerError(ValueError):
-    """``crop`` met a layer (or model) it cannot narrow; the message names it and its class."""
+# The old name of the error crop raises; the same class as every tfjpq entry point's.
+UnsupportedLayerError = UnsupportedModelError
 
 
 def _unsupported(layer, why):
-    return UnsupportedLayerError(
+    return UnsupportedModelError(
         f"precrop.crop cannot handle layer {layer.name!r} ({type(layer).__name__}): {why}"
     )
 
@@ -217,36 +188,29 @@ class _Graph:
 
     def _propagate(self, layer, inputs, chans):
         name = layer.name
-        seen = self.info.get(name)
-        if isinstance(layer, _CONV + _DENSE):
+        rule = kind_of(layer).channels
+        if rule == registry.NEW:
             if getattr(layer, "groups", 1) != 1:
                 raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
             (chan,) = chans
-            if seen is not None:  # a shared layer: its inputs must keep one width
-                self.join(layer, [_Chan(seen.in_segs), chan])
-                return _Chan([(seen.out_group, 1)])
-            width = layer.filters if isinstance(layer, _CONV) else layer.units
-            g = self.new_group(width)
+            g = self.new_group(_out_width(layer))
             self.source_group[name] = g
             self.info[name] = _LayerInfo(
                 layer, "source", chan.segs, g,
-                kernel_elems=int(np.prod(layer.kernel_size)) if isinstance(layer, _CONV) else 1,
+                kernel_elems=int(np.prod(layer.kernel_size)) if hasattr(layer, "kernel_size") else 1,
                 bias=bool(layer.use_bias), in_channels=int(inputs[0].shape[-1]),
             )
             return _Chan([(g, 1)])
-        if isinstance(layer, _DEPTHWISE):
+        if rule == registry.FOLLOW:
             (chan,) = chans
-            if seen is not None:
-                self.join(layer, [_Chan(seen.in_segs), chan])
-            else:
-                self.info[name] = _LayerInfo(
-                    layer, "depthwise", chan.segs, kernel_elems=int(np.prod(layer.kernel_size)),
-                    multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias),
-                    in_channels=int(inputs[0].shape[-1]),
-                )
+            self.info[name] = _LayerInfo(
+                layer, "depthwise", chan.segs, kernel_elems=int(np.prod(layer.kernel_size)),
+                multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias),
+                in_channels=int(inputs[0].shape[-1]),
+            )
             return chan.scaled(int(layer.depth_multiplier))
         self._note_other(layer, inputs, chans)
-        if isinstance(layer, _MERGE):
+        if rule == registry.JOIN:
             # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
             wide = [c for c, t in zip(chans, inputs) if t.shape[-1] != 1]
             for c, t in zip(chans, inputs):
@@ -254,25 +218,25 @@ class _Graph:
                     for g, _ in c.segs:
                         self.fixed_roots.add(self.find(g))
             return self.join(layer, wide or chans)
-        if isinstance(layer, _CONCAT):
+        if rule == registry.STACK:
             rank = len(inputs[0].shape)
             if layer.axis in (-1, rank - 1):
                 return _Chan([s for c in chans for s in c.segs])
             return self.join(layer, chans)  # concatenated along space: channels must agree
-        if isinstance(layer, _FLATTEN + _RESHAPE):
+        if rule == registry.FLATTEN:
             (chan,) = chans
             shape = inputs[0].shape
             spatial = shape[1:-1]
             if any(d is None for d in spatial):
                 raise _unsupported(layer, f"its input shape {tuple(shape)} has unknown spatial dimensions")
-            if isinstance(layer, _RESHAPE):
+            if isinstance(layer, keras.layers.Reshape):
                 target = tuple(layer.target_shape)
                 if len(target) != 1 or target[0] not in (-1, int(np.prod(shape[1:]))):
                     raise _unsupported(layer, f"Reshape to {target} mixes the channel axis; only flattening is supported")
             return chan.scaled(int(np.prod(spatial)) if spatial else 1)
         if len(chans) != 1:
             raise _unsupported(layer, f"expected one input, got {len(chans)}")
-        return chans[0]  # a _SAME_CHANNELS layer
+        return chans[0]  # same channels in and out
 
     def _note_other(self, layer, inputs, chans):
         if layer.name in self.info or not layer.weights:
@@ -284,40 +248,18 @@ class _Graph:
         self.info[layer.name] = _LayerInfo(layer, "other", chans[0].segs, in_channels=ch, other_params=params)
 
 
-def _check_supported(layer):
-    """Raise, naming the layer and its class, unless crop knows how the layer treats channels."""
-    if isinstance(layer, keras.Model):
-        raise _unsupported(layer, "nested models are not supported; build the model flat (one functional graph)")
-    known = _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _RESHAPE + _SAME_CHANNELS
-    if not isinstance(layer, known):
-        raise _unsupported(
-            layer,
-            "crop does not know how this layer changes the channel count. Supported: " + ", ".join(SUPPORTED),
-        )
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        raise _unsupported(layer, "only channels_last layers are supported")
+def _out_width(layer):
+    return layer.filters if hasattr(layer, "filters") else layer.units
 
 
 def _probe_clone(layer):
-    _check_supported(layer)
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        raise _unsupported(layer, "only channels_last layers are supported")
     return layer.__class__.from_config(layer.get_config())
 
 
-def _functional(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not getattr(model, "inputs", None):
-            raise ValueError(
-                f"Sequential model {model.name!r} has no defined input; start it with keras.Input(shape) or build it"
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
-    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
-        raise UnsupportedLayerError(
-            f"precrop.crop needs a functional or Sequential Keras model; model {model.name!r} "
-            f"({type(model).__name__}) is subclassed, so its graph cannot be rebuilt"
-        )
-    return model
+def _checked(model):
+    return check_model(model, "croppable", "precrop.crop")
 
 
 def _analyse(model):
@@ -511,7 +453,7 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
         plan.widths["block2_conv1"]    # (32, 14)
         plan.groups                    # [['block1_conv2', 'stem'], ...]: joined by Adds
     """
-    model = _functional(model)
+    model = _checked(model)
     if (densities is None) == (width_multipliers is None):
         raise ValueError("give exactly one of densities (per-layer kept fractions, or one number) "
                          "and width_multipliers (per-layer output width ratios, or one number)")
@@ -638,7 +580,7 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
         an uncompiled ``keras.Model`` with the same layer names and graph.
 
     Raises:
-        UnsupportedLayerError: a layer the rule does not cover (named, with its class).
+        UnsupportedModelError: a layer the rule does not cover (named, with its class).
 
     The density-to-channels rule is in this module's docstring and in
     ``docs/precrop.md``: output channels follow ``sqrt(density)`` when
@@ -661,17 +603,15 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
 
 def build(model, plan: CropPlan, seed: int | None = None) -> keras.Model:
     """Rebuild ``model`` with the output widths of ``plan`` (fresh weights)."""
-    model = _functional(model)
+    model = _checked(model)
     new = {n: w for n, (_, w) in plan.widths.items()}
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
     def clone(layer):
         config = layer.get_config()
-        if isinstance(layer, _CONV) and layer.name in new:
-            config["filters"] = new[layer.name]
-        elif isinstance(layer, _DENSE) and layer.name in new:
-            config["units"] = new[layer.name]
+        if layer.name in new and kind_of(layer).channels == registry.NEW:
+            config["filters" if "filters" in config else "units"] = new[layer.name]
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone)

@@ -14,8 +14,9 @@ cost and export code ask:
 * which tensors are non-negative (after a ReLU), so activation quantizers know
   their sign.
 
-Anything outside the supported set raises :class:`UnsupportedModelError` naming
-the layer and its class.
+It expects a model :func:`tfjpq.graph.check_model` accepted; a layer setting
+the search cannot handle (a grouped convolution, an unknown activation, ...)
+raises :class:`UnsupportedModelError` naming the layer and its class.
 """
 
 from __future__ import annotations
@@ -25,24 +26,16 @@ import dataclasses
 import keras
 
 from tfjpq.errors import UnsupportedModelError
+from tfjpq.graph.check import topological_nodes
+from tfjpq.graph.registry import (
+    NONNEGATIVE_ACTIVATIONS,
+    OTHER_ACTIVATIONS,
+    ZERO_PRESERVING_ACTIVATIONS,
+    activation_name,
+    layer_kind,
+)
 
-# Element-wise activations with f(0) == 0: a pruned (all-zero) channel stays zero.
-ZERO_PRESERVING_ACTIVATIONS = {
-    "relu", "relu6", "leaky_relu", "linear", "elu", "selu", "gelu", "swish", "silu",
-    "tanh", "hard_swish", "hard_silu", "mish", "softsign",
-}
-NONNEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus"}
-OTHER_ACTIVATIONS = {"sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential", "log_softmax"}
-
-LINEAR = "linear"
-
-
-def activation_name(fn) -> str:
-    if fn is None:
-        return "linear"
-    if isinstance(fn, str):
-        return fn
-    return keras.activations.serialize(fn) if not hasattr(fn, "__name__") else fn.__name__
+__all__ = ["analyze", "Analysis", "Group", "Layout", "LinearInfo"]
 
 
 @dataclasses.dataclass
@@ -106,101 +99,7 @@ class Analysis:
 
 
 # ---------------------------------------------------------------------------
-# Validation
-
-
-def check_model(model) -> keras.Model:
-    """Reject what the plugin cannot handle, with an error saying what to do.
-
-    Returns a functional model (a Sequential is turned into its functional twin).
-    """
-    if keras.backend.backend() != "tensorflow":
-        raise UnsupportedModelError(
-            f"tfjpq needs the TensorFlow backend of Keras, but KERAS_BACKEND is {keras.backend.backend()!r}. "
-            "Set KERAS_BACKEND=tensorflow before importing keras."
-        )
-    module = type(model).__module__ or ""
-    if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is a tf_keras (Keras 2) model; tfjpq works on Keras 3 models. "
-            "Rebuild it with `import keras` (Keras 3), or load its weights into a Keras 3 copy."
-        )
-    if not isinstance(model, keras.Model):
-        raise UnsupportedModelError(
-            f"expected a keras.Model, got {type(model).__name__} ({module}); tfjpq works on Keras 3 models"
-        )
-    if isinstance(model, keras.Sequential):
-        if not model.built or not getattr(model, "inputs", None):
-            raise UnsupportedModelError(
-                f"Sequential model {model.name!r} has no input shape yet; start it with keras.Input(shape) "
-                "or call it on data once before wrapping"
-            )
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_nodes_by_depth"):
-        raise UnsupportedModelError(
-            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: its graph cannot be read. "
-            "Build it with the functional API (keras.Input ... keras.Model(inputs, outputs)) or as a Sequential."
-        )
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} ({type(layer).__name__}) is a nested model; tfjpq needs a flat graph. "
-                "Rebuild the model so the inner model's layers are called directly."
-            )
-    return model
-
-
-def topological_nodes(model):
-    """The model's call nodes in execution order (input nodes excluded)."""
-    out = []
-    for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation is None or node.is_input:
-                continue
-            out.append(node)
-    return out
-
-
-# ---------------------------------------------------------------------------
 # Analysis
-
-
-def layer_kind(layer) -> str:
-    """What role a Keras layer plays for tfjpq ("conv", "bn", "act", "pass", "add", ... or "unsupported")."""
-    L = keras.layers
-    if isinstance(layer, L.DepthwiseConv2D):
-        return "depthwise"
-    if isinstance(layer, L.Conv2D) and not isinstance(layer, L.Conv2DTranspose):
-        return "conv"
-    if isinstance(layer, L.Dense):
-        return "dense"
-    if isinstance(layer, L.BatchNormalization):
-        return "bn"
-    if isinstance(layer, (L.ReLU, L.LeakyReLU, L.ELU)):
-        return "act"
-    if isinstance(layer, L.Activation):
-        return "act"
-    if isinstance(layer, L.Softmax):
-        return "act"
-    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D, L.ZeroPadding2D, L.Cropping2D, L.Dropout,
-                          L.SpatialDropout2D, L.GaussianDropout, L.GaussianNoise, L.Identity,
-                          L.ActivityRegularization)):
-        return "pass"
-    if isinstance(layer, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D)):
-        return "global_pool"
-    if isinstance(layer, L.Flatten):
-        return "flatten"
-    if isinstance(layer, L.Reshape):
-        return "reshape"
-    if isinstance(layer, L.Concatenate):
-        return "concat"
-    if isinstance(layer, L.Add):
-        return "add"
-    if isinstance(layer, L.Rescaling):
-        return "rescale"
-    if isinstance(layer, L.InputLayer):
-        return "input"
-    return "unsupported"
 
 
 def _check_linear(layer, kind, node):
@@ -256,20 +155,8 @@ def _act_of(layer):
 def analyze(model: keras.Model) -> Analysis:
     """Analyze a (checked) functional model; see the module docstring."""
     nodes = topological_nodes(model)
-    seen_layers = set()
     consumers: dict = {}
     for node in nodes:
-        if id(node.operation) in seen_layers:
-            raise UnsupportedModelError(
-                f"layer {node.operation.name!r} ({type(node.operation).__name__}) is called more than once; "
-                "shared layers are not supported"
-            )
-        seen_layers.add(id(node.operation))
-        if len(node.outputs) != 1:
-            raise UnsupportedModelError(
-                f"layer {node.operation.name!r} ({type(node.operation).__name__}) has {len(node.outputs)} outputs; "
-                "tfjpq supports single-output layers"
-            )
         for t in node.input_tensors:
             consumers.setdefault(id(t), []).append(node)
 
@@ -321,12 +208,6 @@ def analyze(model: keras.Model) -> Analysis:
         ins = node.input_tensors
         out = node.outputs[0]
         oid = id(out)
-        if kind == "unsupported":
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} ({type(layer).__name__}) is not supported by tfjpq. Supported: Conv2D, "
-                "DepthwiseConv2D, Dense, BatchNormalization, ReLU/ReLU6/activations, pooling, "
-                "GlobalAveragePooling2D, Flatten, Reshape (to 1-D), Concatenate, Add, Dropout, ZeroPadding2D"
-            )
         in_layouts = [layouts[id(t)] for t in ins]
         x = ins[0] if ins else None
         if kind in ("conv", "depthwise", "dense"):
