@@ -26,51 +26,15 @@ import dataclasses
 import keras
 
 from tfjpq.errors import UnsupportedModelError
-from tfjpq.graph.check import topological_nodes
+from tfjpq.graph.channels import ChannelWalk, Group, Layout
 from tfjpq.graph.registry import (
     NONNEGATIVE_ACTIVATIONS,
     OTHER_ACTIVATIONS,
     ZERO_PRESERVING_ACTIVATIONS,
     activation_name,
-    layer_kind,
 )
 
 __all__ = ["analyze", "Analysis", "Group", "Layout", "LinearInfo"]
-
-
-@dataclasses.dataclass
-class Group:
-    """Output channels pruned and quantized together (one precision choice)."""
-
-    gid: int
-    channels: int
-    members: list = dataclasses.field(default_factory=list)  # linear layer names, producer first
-    prunable: bool = True
-    regroup: bool = True  # may the exporter reorder channels by precision
-    parent: "Group | None" = None
-    reasons: list = dataclasses.field(default_factory=list)
-
-    def root(self) -> "Group":
-        g = self
-        while g.parent is not None:
-            g = g.parent
-        return g
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Channel layout of a tensor: ``segments`` in order, each ``(group_id | None, channels)``.
-
-    ``repeat`` > 1 means the tensor was flattened from ``repeat`` spatial positions,
-    each holding all segments (channel index fastest, as Flatten does in NHWC).
-    """
-
-    segments: tuple
-    repeat: int = 1
-
-    @property
-    def channels(self) -> int:
-        return sum(c for _, c in self.segments)
 
 
 @dataclasses.dataclass
@@ -154,203 +118,138 @@ def _act_of(layer):
 
 def analyze(model: keras.Model) -> Analysis:
     """Analyze a (checked) functional model; see the module docstring."""
-    nodes = topological_nodes(model)
-    consumers: dict = {}
-    for node in nodes:
-        for t in node.input_tensors:
-            consumers.setdefault(id(t), []).append(node)
+    walk = _SearchWalk(model).run()
+    return Analysis(nodes=walk.nodes, linears=walk.linears, groups=walk.groups, layouts=walk.layouts,
+                    nonneg=walk.nonneg, raw=walk.raw, absorbed_bn=walk.absorbed_bn, consumers=walk.consumers)
 
-    groups: dict = {}
-    layouts: dict = {}
-    nonneg: dict = {}
-    raw: dict = {}
-    linears: dict = {}
-    absorbed_bn: dict = {}
-    # tensor id -> linear name, for outputs of linear layers whose BN may be absorbed
-    linear_out: dict = {}
 
-    def new_group(channels, member):
-        gid = len(groups)
-        groups[gid] = Group(gid=gid, channels=channels, members=[member])
+class _SearchWalk(ChannelWalk):
+    """The channel walk with the search's rules: which groups may be pruned, BN absorption, signs."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.nonneg: dict = {}  # tensor id -> bool
+        self.raw: dict = {}  # tensor id -> bool (derived from the model input only)
+        self.linears: dict = {}  # name -> LinearInfo
+        self.absorbed_bn: dict = {}  # bn name -> linear name
+        self.linear_out: dict = {}  # output tensor id of a linear layer without activation -> its name
+
+    def input_layout(self, tensor):
+        self.nonneg[id(tensor)] = False
+        self.raw[id(tensor)] = True
+        return super().input_layout(tensor)
+
+    def step(self, node, kind, ins):
+        return getattr(self, f"_{kind.name}")(node, kind, ins)
+
+    def _mark(self, node, nonneg, raw):
+        oid = id(node.outputs[0])
+        self.nonneg[oid] = bool(nonneg)
+        self.raw[oid] = bool(raw)
+
+    def _of_input(self, node, table):
+        return table[id(node.input_tensors[0])]
+
+    def _linear(self, node, kind, ins):
+        """Conv2D, DepthwiseConv2D, Dense: a search layer with its group."""
+        layer, out = node.operation, node.outputs[0]
+        act = _check_linear(layer, kind.name, node)
+        lay = ins[0]
+        cout = int(out.shape[-1])
+        if kind.name == "depthwise":
+            gid = self._depthwise_group(layer, lay, cout)
+        else:
+            gid = self.on_new(node, kind, ins).segments[0][0]
+        if act not in ZERO_PRESERVING_ACTIVATIONS:
+            self.fix_group(gid, f"{layer.name} has activation {act!r}")
+        x = node.input_tensors[0]
+        self.linears[layer.name] = LinearInfo(
+            name=layer.name, layer=layer, kind=kind.name, group=gid, input_layout=lay,
+            input_raw=self.raw[id(x)], input_tensor_id=id(x), output_tensor_id=id(out),
+        )
+        self._mark(node, act in NONNEGATIVE_ACTIVATIONS, False)
+        if act == "linear":
+            self.linear_out[id(out)] = layer.name
+        return Layout(((gid, cout),))
+
+    _conv = _depthwise = _dense = _linear
+
+    def _depthwise_group(self, layer, lay, cout):
+        """A depthwise layer joins its producer's group; reading a mix of sources, it gets a fixed one."""
+        if len(lay.segments) == 1 and lay.segments[0][0] is not None:
+            gid = lay.segments[0][0]
+            self.root(gid).members.append(layer.name)
+            return gid
+        self.fix(lay, f"{layer.name} (depthwise) reads a mix of channel sources")
+        gid = self.new_group(cout, layer.name)
+        self.fix_group(gid, f"{layer.name} reads the model input or a concatenation")
         return gid
 
-    def root(gid):
-        return groups[gid].root()
+    def _bn(self, node, kind, ins):
+        """Absorbed into the linear layer right before it, else its zeros would not stay zero."""
+        layer, x = node.operation, node.input_tensors[0]
+        axis = layer.get_config().get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        if axis not in (-1, len(x.shape) - 1):
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} (BatchNormalization) normalizes axis {axis}; tfjpq supports the "
+                "channel (last) axis"
+            )
+        producer = self.linear_out.get(id(x))
+        if producer is not None and len(self.consumers.get(id(x), [])) == 1:
+            self.absorbed_bn[layer.name] = producer
+            self.linears[producer].bn = layer
+            self.linears[producer].output_tensor_id = id(node.outputs[0])
+        else:
+            self.fix(ins[0], f"BatchNormalization {layer.name} does not directly follow a "
+                     "conv/dense layer, so zeroed channels would not stay zero")
+        self._mark(node, False, False)
+        return ins[0]
 
-    def freeze_groups(layout: Layout, reason: str, regroup_too: bool = False):
-        for gid, _ in layout.segments:
-            if gid is not None:
-                r = root(gid)
-                r.prunable = False
-                r.reasons.append(reason)
-                if regroup_too:
-                    r.regroup = False
-
-    def union(a, b):
-        ra, rb = root(a), root(b)
-        if ra is rb:
-            return
-        rb.parent = ra
-        ra.members.extend(rb.members)
-        ra.prunable = ra.prunable and rb.prunable
-        ra.regroup = ra.regroup and rb.regroup
-        ra.reasons.extend(rb.reasons)
-
-    for t in model.inputs:
-        shape = t.shape
-        layouts[id(t)] = Layout(((None, int(shape[-1]) if shape[-1] is not None else 1),))
-        nonneg[id(t)] = False
-        raw[id(t)] = True
-
-    for node in nodes:
+    def _act(self, node, kind, ins):
         layer = node.operation
-        kind = layer_kind(layer)
-        ins = node.input_tensors
-        out = node.outputs[0]
-        oid = id(out)
-        in_layouts = [layouts[id(t)] for t in ins]
-        x = ins[0] if ins else None
-        if kind in ("conv", "depthwise", "dense"):
-            act = _check_linear(layer, kind, node)
-            lay = in_layouts[0]
-            cout = int(out.shape[-1])
-            if kind == "depthwise":
-                if len(lay.segments) == 1 and lay.segments[0][0] is not None:
-                    gid = lay.segments[0][0]
-                    root(gid).members.append(layer.name)
-                else:
-                    freeze_groups(lay, f"{layer.name} (depthwise) reads a mix of channel sources")
-                    gid = new_group(cout, layer.name)
-                    groups[gid].prunable = False
-                    groups[gid].reasons.append(f"{layer.name} reads the model input or a concatenation")
-            else:
-                gid = new_group(cout, layer.name)
-            if act not in ZERO_PRESERVING_ACTIVATIONS:
-                root(gid).prunable = False
-                root(gid).reasons.append(f"{layer.name} has activation {act!r}")
-            linears[layer.name] = LinearInfo(
-                name=layer.name, layer=layer, kind=kind, group=gid, input_layout=lay,
-                input_raw=raw[id(x)], input_tensor_id=id(x), output_tensor_id=oid,
+        zero, nn = _act_of(layer)
+        if not zero:
+            self.fix(ins[0], f"{layer.name} maps 0 to a non-zero value")
+        self._mark(node, nn or (self._of_input(node, self.nonneg) and isinstance(layer, keras.layers.ReLU)), False)
+        return ins[0]
+
+    def _pass(self, node, kind, ins):
+        self._mark(node, self._of_input(node, self.nonneg), self._of_input(node, self.raw))
+        return ins[0]
+
+    _global_pool = _input = _pass
+
+    def _rescale(self, node, kind, ins):
+        layer = node.operation
+        if layer.get_config().get("offset", 0.0) not in (0, 0.0):
+            self.fix(ins[0], f"Rescaling {layer.name} adds an offset")
+        self._mark(node, False, self._of_input(node, self.raw))
+        return ins[0]
+
+    def _flatten(self, node, kind, ins):
+        self._mark(node, self._of_input(node, self.nonneg), self._of_input(node, self.raw))
+        return self.on_flatten(node, kind, ins)
+
+    _reshape = _flatten
+
+    def _concat(self, node, kind, ins):
+        layer = node.operation
+        axis = layer.get_config().get("axis", -1)
+        if axis not in (-1, len(node.outputs[0].shape) - 1):
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} (Concatenate) joins along axis {axis}; tfjpq supports the channel axis"
             )
-            layouts[oid] = Layout(((gid, cout),))
-            nonneg[oid] = act in NONNEGATIVE_ACTIVATIONS
-            raw[oid] = False
-            if act == "linear":
-                linear_out[oid] = layer.name
-        elif kind == "bn":
-            axis = layer.get_config().get("axis", -1)
-            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-            if axis not in (-1, len(x.shape) - 1):
-                raise UnsupportedModelError(
-                    f"layer {layer.name!r} (BatchNormalization) normalizes axis {axis}; tfjpq supports the "
-                    "channel (last) axis"
-                )
-            producer = linear_out.get(id(x))
-            if producer is not None and len(consumers.get(id(x), [])) == 1:
-                absorbed_bn[layer.name] = producer
-                linears[producer].bn = layer
-                linears[producer].output_tensor_id = oid
-                layouts[oid] = in_layouts[0]
-            else:
-                freeze_groups(in_layouts[0], f"BatchNormalization {layer.name} does not directly follow a "
-                              "conv/dense layer, so zeroed channels would not stay zero")
-                layouts[oid] = in_layouts[0]
-            nonneg[oid] = False
-            raw[oid] = False
-        elif kind == "act":
-            zero, nn = _act_of(layer)
-            if not zero:
-                freeze_groups(in_layouts[0], f"{layer.name} maps 0 to a non-zero value")
-            layouts[oid] = in_layouts[0]
-            nonneg[oid] = nn or (nonneg[id(x)] and isinstance(layer, keras.layers.ReLU))
-            raw[oid] = False
-        elif kind in ("pass", "input"):
-            layouts[oid] = in_layouts[0]
-            nonneg[oid] = nonneg[id(x)]
-            raw[oid] = raw[id(x)]
-        elif kind == "rescale":
-            cfg = layer.get_config()
-            if cfg.get("offset", 0.0) not in (0, 0.0):
-                freeze_groups(in_layouts[0], f"Rescaling {layer.name} adds an offset")
-            layouts[oid] = in_layouts[0]
-            nonneg[oid] = False
-            raw[oid] = raw[id(x)]
-        elif kind == "global_pool":
-            layouts[oid] = in_layouts[0]
-            nonneg[oid] = nonneg[id(x)]
-            raw[oid] = raw[id(x)]
-        elif kind in ("flatten", "reshape"):
-            if kind == "reshape" and len(out.shape) != 2:
-                raise UnsupportedModelError(
-                    f"layer {layer.name!r} (Reshape) reshapes to {tuple(out.shape[1:])}; tfjpq supports Reshape "
-                    "only to a flat (features,) vector"
-                )
-            lay = in_layouts[0]
-            spatial = 1
-            for d in x.shape[1:-1]:
-                spatial *= int(d)
-            layouts[oid] = Layout(lay.segments, lay.repeat * spatial)
-            nonneg[oid] = nonneg[id(x)]
-            raw[oid] = raw[id(x)]
-        elif kind == "concat":
-            axis = layer.get_config().get("axis", -1)
-            if axis not in (-1, len(out.shape) - 1):
-                raise UnsupportedModelError(
-                    f"layer {layer.name!r} (Concatenate) joins along axis {axis}; tfjpq supports the channel axis"
-                )
-            if any(lay.repeat != 1 for lay in in_layouts):
-                for lay in in_layouts:
-                    freeze_groups(lay, f"{layer.name} concatenates flattened tensors", regroup_too=True)
-                layouts[oid] = Layout(((None, int(out.shape[-1])),))
-            else:
-                layouts[oid] = Layout(tuple(s for lay in in_layouts for s in lay.segments))
-            nonneg[oid] = all(nonneg[id(t)] for t in ins)
-            raw[oid] = all(raw[id(t)] for t in ins)
-        elif kind == "add":
-            first = in_layouts[0]
-            same_shape = all(
-                lay.repeat == first.repeat and [c for _, c in lay.segments] == [c for _, c in first.segments]
-                for lay in in_layouts
-            )
-            if same_shape:
-                for lay in in_layouts[1:]:
-                    for (ga, _), (gb, _) in zip(first.segments, lay.segments):
-                        if ga is None or gb is None:
-                            other = ga if gb is None else gb
-                            if other is not None:
-                                root(other).prunable = False
-                                root(other).reasons.append(f"{layer.name} adds it to the model input")
-                        else:
-                            union(ga, gb)
-                layouts[oid] = first
-            else:
-                for lay in in_layouts:
-                    freeze_groups(lay, f"{layer.name} adds tensors of different channel structure",
-                                  regroup_too=True)
-                layouts[oid] = Layout(((None, int(out.shape[-1])),))
-            nonneg[oid] = all(nonneg[id(t)] for t in ins)
-            raw[oid] = False
-        else:  # pragma: no cover - every kind is handled above
-            raise AssertionError(kind)
+        ids = [id(t) for t in node.input_tensors]
+        self._mark(node, all(self.nonneg[i] for i in ids), all(self.raw[i] for i in ids))
+        return self.on_stack(node, kind, ins)
 
-    for t in model.outputs:
-        for gid, _ in layouts[id(t)].segments:
-            if gid is not None:
-                r = root(gid)
-                r.prunable = False
-                r.regroup = False
-                r.reasons.append("it reaches a model output")
+    def _add(self, node, kind, ins):
+        self._mark(node, all(self.nonneg[id(t)] for t in node.input_tensors), False)
+        return self.on_join(node, kind, ins)
 
-    # Resolve every group id to its root id.
-    canon = {gid: root(gid).gid for gid in groups}
-
-    def canon_layout(lay):
-        return Layout(tuple((canon[g] if g is not None else None, c) for g, c in lay.segments), lay.repeat)
-
-    layouts = {k: canon_layout(v) for k, v in layouts.items()}
-    for info in linears.values():
-        info.group = canon[info.group]
-        info.input_layout = canon_layout(info.input_layout)
-    roots = {gid: g for gid, g in groups.items() if g.parent is None}
-    return Analysis(nodes=nodes, linears=linears, groups=roots, layouts=layouts, nonneg=nonneg, raw=raw,
-                    absorbed_bn=absorbed_bn, consumers=consumers)
+    def finish(self):
+        super().finish()
+        for info in self.linears.values():
+            info.group = self.canon[info.group]
+            info.input_layout = self.canonical(info.input_layout, self.canon)

@@ -2,7 +2,8 @@
 
 The density-to-channels rule
 ----------------------------
-Channels come in *groups*: a group is one width that several layers must
+Channels come in *groups* (the shared channel walk of
+:mod:`tfjpq.graph.channels`): a group is one width that several layers must
 share. A ``Conv``/``Dense`` layer starts a group with its output channels;
 layers that keep the channel count (BatchNorm, activations, pooling, dropout,
 padding, ...) pass it on; a depthwise convolution passes its input's group on
@@ -10,8 +11,9 @@ padding, ...) pass it on; a depthwise convolution passes its input's group on
 ``Average``, ``Maximum``, ``Minimum``) *joins* the groups of its inputs into
 one (union-find), so residual branches keep equal widths; ``Concatenate``
 lays groups side by side; ``Flatten`` repeats them once per spatial position.
-The model's input groups and every group that reaches a model output are
-fixed (width multiplier 1).
+The model's input, every group that reaches a model output, and groups whose
+channels a merge cannot match one to one (an Add of a Concatenate and a single
+convolution) are fixed (width multiplier 1).
 
 Give each free group ``g`` a width multiplier ``a_g <= 1``. The kernel of a
 ``Conv``/``Dense`` layer ``l`` then holds about ``a_out(l) * a_in(l)`` of its
@@ -54,10 +56,10 @@ import warnings
 
 import keras
 import numpy as np
-from keras import layers
 
 from tfjpq.errors import UnsupportedModelError
 from tfjpq.graph import check_model, kind_of, registry, supported_names
+from tfjpq.graph.channels import ChannelWalk
 from tfjpq.precrop.saliency import SCORED_LAYERS
 
 SUPPORTED = tuple(supported_names("croppable"))
@@ -75,23 +77,11 @@ def _unsupported(layer, why):
 # --------------------------------------------------------------------------- channel bookkeeping
 
 
-class _Chan:
-    """The channel axis of one tensor: segments ``(group id, factor)``; width = sum(factor * width(group))."""
-
-    __slots__ = ("segs",)
-
-    def __init__(self, segs):
-        self.segs = tuple(segs)
-
-    def scaled(self, k):
-        return _Chan((g, f * k) for g, f in self.segs)
-
-
 @dataclasses.dataclass
 class _LayerInfo:
     layer: object
     kind: str  # "source" | "depthwise" | "other"
-    in_segs: tuple = ()
+    in_segs: tuple = ()  # (group | None, factor): channels = sum(factor * width(group)), width(None) = 1
     out_group: int | None = None
     kernel_elems: int = 1  # spatial size of the kernel
     multiplier: int = 1  # depthwise depth_multiplier
@@ -100,162 +90,74 @@ class _LayerInfo:
     other_params: list = dataclasses.field(default_factory=list)  # [(size, scales_with_channels)]
 
 
-class _Graph:
-    """Union-find over channel groups, filled by walking the model with ``clone_model(call_function=...)``."""
+class _CropWalk(ChannelWalk):
+    """The shared channel walk (:mod:`tfjpq.graph.channels`) with PreCrop's rules and parameter bookkeeping."""
 
-    def __init__(self):
-        self.parent = []
-        self.width = []
-        self.fixed_roots = set()
-        self.source_group = {}  # layer name -> group
-        self.info = {}  # layer name -> _LayerInfo (first call)
-        self.desc = {}  # id(KerasTensor) -> _Chan
-        self.keep_alive = []  # tensors whose ids are keys of desc
+    def step(self, node, kind, ins):
+        layer = node.operation
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            raise _unsupported(layer, "only channels_last layers are supported")
+        if kind.channels == registry.NEW and getattr(layer, "groups", 1) != 1:
+            raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
+        if kind.channels not in (registry.NEW, registry.FOLLOW) and layer.weights and len(node.input_tensors) != 1:
+            raise _unsupported(layer, "a layer with weights and several inputs is not supported")
+        return super().step(node, kind, ins)
 
-    # union-find
-    def new_group(self, width, fixed=False):
-        self.parent.append(len(self.parent))
-        self.width.append(int(width))
-        g = len(self.parent) - 1
-        if fixed:
-            self.fixed_roots.add(g)
-        return g
+    def on_join(self, node, kind, ins):
+        # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
+        widths = [t.shape[-1] for t in node.input_tensors]
+        wide = [lay for lay, w in zip(ins, widths) if w != 1]
+        if wide and len(wide) < len(ins):
+            for lay, w in zip(ins, widths):
+                if w == 1:
+                    self.fix(lay, f"{node.operation.name} broadcasts it")
+            ins = wide
+        return super().on_join(node, kind, ins)
 
-    def find(self, g):
-        while self.parent[g] != g:
-            self.parent[g] = self.parent[self.parent[g]]
-            g = self.parent[g]
-        return g
+    def finish(self):
+        super().finish()
+        self.width = {gid: g.channels for gid, g in self.groups.items()}
+        self.width[None] = 1
+        self.fixed_roots = {gid for gid, g in self.groups.items() if not g.prunable}
+        self.source_group = self.producer_group
+        self.info = {}
+        for node in self.nodes:
+            self._note_layer(node)
 
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.width[ra] != self.width[rb]:  # cannot happen on a valid Keras graph
-            raise ValueError(f"internal: joining channel groups of widths {self.width[ra]} and {self.width[rb]}")
-        self.parent[rb] = ra
-        if rb in self.fixed_roots:
-            self.fixed_roots.discard(rb)
-            self.fixed_roots.add(ra)
-        return ra
+    def _segs(self, layout):
+        return tuple((g, layout.repeat * c // self.width[g]) for g, c in layout.segments)
 
-    def is_fixed(self, g):
-        return self.find(g) in self.fixed_roots
+    def _note_layer(self, node):
+        layer, x = node.operation, node.input_tensors[0]
+        rule = kind_of(layer).channels
+        segs = self._segs(self.layouts[id(x)])
+        if rule == registry.NEW:
+            self.info[layer.name] = _LayerInfo(
+                layer, "source", segs, self.producer_group[layer.name],
+                kernel_elems=int(np.prod(layer.kernel_size)) if hasattr(layer, "kernel_size") else 1,
+                bias=bool(layer.use_bias), in_channels=int(x.shape[-1]),
+            )
+        elif rule == registry.FOLLOW:
+            self.info[layer.name] = _LayerInfo(
+                layer, "depthwise", segs, kernel_elems=int(np.prod(layer.kernel_size)),
+                multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias), in_channels=int(x.shape[-1]),
+            )
+        elif layer.weights:
+            ch = int(x.shape[-1])
+            params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
+            self.info[layer.name] = _LayerInfo(layer, "other", segs, in_channels=ch, other_params=params)
+
+    # the union-find view the plan below reads (every id is a root once the walk is done)
+    @staticmethod
+    def find(gid):
+        return gid
+
+    def is_fixed(self, gid):
+        return gid in self.fixed_roots
 
     def channels(self, segs, widths=None):
         w = widths if widths is not None else {}
-        return sum(f * w.get(self.find(g), self.width[self.find(g)]) for g, f in segs)
-
-    def join(self, layer, chans):
-        """Make the given channel descriptors one width (segment by segment)."""
-        first = chans[0]
-        for c in chans[1:]:
-            if len(c.segs) != len(first.segs) or any(f1 != f2 for (_, f1), (_, f2) in zip(c.segs, first.segs)):
-                raise _unsupported(
-                    layer,
-                    "its inputs are built from different channel groupings (for example an Add of a "
-                    "Concatenate and a single convolution), so their widths cannot be kept equal",
-                )
-            for (g1, _), (g2, _) in zip(first.segs, c.segs):
-                self.union(g1, g2)
-        return first
-
-    # walking
-    def chan_of(self, tensor):
-        c = self.desc.get(id(tensor))
-        if c is None:  # a model input: a fixed group
-            width = tensor.shape[-1]
-            if width is None:
-                raise ValueError(f"precrop.crop needs a known channel count on input {tensor.name!r}")
-            c = _Chan([(self.new_group(width, fixed=True), 1)])
-            self._remember(tensor, c)
-        return c
-
-    def _remember(self, tensor, chan):
-        self.desc[id(tensor)] = chan
-        self.keep_alive.append(tensor)
-
-    def call(self, layer, *args, **kwargs):
-        inputs = [t for t in keras.tree.flatten((args, kwargs.get("inputs"))) if isinstance(t, keras.KerasTensor)]
-        chans = [self.chan_of(t) for t in inputs]
-        outputs = layer(*args, **kwargs)  # first, so the layer is built when its weights are counted
-        out_chan = self._propagate(layer, inputs, chans)
-        flat = keras.tree.flatten(outputs)
-        if len(flat) != 1:
-            raise _unsupported(layer, f"it has {len(flat)} outputs; only single-output layers are supported")
-        self._remember(flat[0], out_chan)
-        return outputs
-
-    def _propagate(self, layer, inputs, chans):
-        name = layer.name
-        rule = kind_of(layer).channels
-        if rule == registry.NEW:
-            if getattr(layer, "groups", 1) != 1:
-                raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
-            (chan,) = chans
-            g = self.new_group(_out_width(layer))
-            self.source_group[name] = g
-            self.info[name] = _LayerInfo(
-                layer, "source", chan.segs, g,
-                kernel_elems=int(np.prod(layer.kernel_size)) if hasattr(layer, "kernel_size") else 1,
-                bias=bool(layer.use_bias), in_channels=int(inputs[0].shape[-1]),
-            )
-            return _Chan([(g, 1)])
-        if rule == registry.FOLLOW:
-            (chan,) = chans
-            self.info[name] = _LayerInfo(
-                layer, "depthwise", chan.segs, kernel_elems=int(np.prod(layer.kernel_size)),
-                multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias),
-                in_channels=int(inputs[0].shape[-1]),
-            )
-            return chan.scaled(int(layer.depth_multiplier))
-        self._note_other(layer, inputs, chans)
-        if rule == registry.JOIN:
-            # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
-            wide = [c for c, t in zip(chans, inputs) if t.shape[-1] != 1]
-            for c, t in zip(chans, inputs):
-                if t.shape[-1] == 1 and wide:
-                    for g, _ in c.segs:
-                        self.fixed_roots.add(self.find(g))
-            return self.join(layer, wide or chans)
-        if rule == registry.STACK:
-            rank = len(inputs[0].shape)
-            if layer.axis in (-1, rank - 1):
-                return _Chan([s for c in chans for s in c.segs])
-            return self.join(layer, chans)  # concatenated along space: channels must agree
-        if rule == registry.FLATTEN:
-            (chan,) = chans
-            shape = inputs[0].shape
-            spatial = shape[1:-1]
-            if any(d is None for d in spatial):
-                raise _unsupported(layer, f"its input shape {tuple(shape)} has unknown spatial dimensions")
-            if isinstance(layer, keras.layers.Reshape):
-                target = tuple(layer.target_shape)
-                if len(target) != 1 or target[0] not in (-1, int(np.prod(shape[1:]))):
-                    raise _unsupported(layer, f"Reshape to {target} mixes the channel axis; only flattening is supported")
-            return chan.scaled(int(np.prod(spatial)) if spatial else 1)
-        if len(chans) != 1:
-            raise _unsupported(layer, f"expected one input, got {len(chans)}")
-        return chans[0]  # same channels in and out
-
-    def _note_other(self, layer, inputs, chans):
-        if layer.name in self.info or not layer.weights:
-            return
-        if len(inputs) != 1:
-            raise _unsupported(layer, "a layer with weights and several inputs is not supported")
-        ch = int(inputs[0].shape[-1])
-        params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
-        self.info[layer.name] = _LayerInfo(layer, "other", chans[0].segs, in_channels=ch, other_params=params)
-
-
-def _out_width(layer):
-    return layer.filters if hasattr(layer, "filters") else layer.units
-
-
-def _probe_clone(layer):
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        raise _unsupported(layer, "only channels_last layers are supported")
-    return layer.__class__.from_config(layer.get_config())
+        return sum(f * w.get(g, self.width[g]) for g, f in segs)
 
 
 def _checked(model):
@@ -263,12 +165,7 @@ def _checked(model):
 
 
 def _analyse(model):
-    g = _Graph()
-    probe = keras.models.clone_model(model, clone_function=_probe_clone, call_function=g.call)
-    for t in keras.tree.flatten(probe.outputs):
-        for grp, _ in g.desc[id(t)].segs:
-            g.fixed_roots.add(g.find(grp))
-    return g
+    return _CropWalk(model).run()
 
 
 # --------------------------------------------------------------------------- plan
