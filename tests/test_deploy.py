@@ -89,11 +89,11 @@ def test_tflm_cost_round_trips_and_rejects_bad_input(tmp_path):
 def _bias_scale_mismatches(model_bytes):
     from tflite_micro.tensorflow.lite.micro.compression import model_editor as me
 
-    from tflm_export.packing import _op_name
+    from tflm_export.packing import op_name
 
     bad = []
     for op in me.read(model_bytes).subgraphs[0].operators:
-        if _op_name(op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2 and op.inputs[2]:
+        if op_name(op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2 and op.inputs[2]:
             x, w, b = op.inputs[:3]
             want = float(x.quantization.scales[0]) * np.asarray(w.quantization.scales)
             if not np.allclose(np.asarray(b.quantization.scales), want, rtol=1e-4):

@@ -17,12 +17,12 @@ all-8-bit model's cost: dimensionless, the same on any model size.
 import importlib
 
 from tfjpq import datasets, quantizers, zoo  # noqa: F401
-from tfjpq.errors import NotASearchModelError, UnsupportedModelError  # noqa: F401
+from tfjpq.errors import NotASearchModelError, TfjpqError, UnsupportedModelError  # noqa: F401
 from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
-_SUBMODULES = ("budget", "callbacks", "cost", "tflm_cost", "zeroq", "quantune", "precrop")
+_SUBMODULES = ("budget", "callbacks", "cost", "graph", "tflm_cost", "zeroq", "precrop")
 
 
 def __getattr__(name):

@@ -97,9 +97,6 @@ _PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D
 SPLIT_MODES = ("auto", "always", "never")
 
 
-_TFLITE_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
-
-
 def split_groups(model, split: str = "auto") -> dict:
     """{precision group: True if export splits its layers into one layer per precision}.
 
@@ -131,8 +128,8 @@ def split_groups(model, split: str = "auto") -> dict:
             if layer.kind == "depthwise":
                 continue
             per_channel = layer.kernel_taps() * int(live_input_mask(layer, selected).sum())
-            one += storage.layer_bytes(_TFLITE_OPS[layer.kind], per_channel, kept, split=False)[1]
-            parts += storage.layer_bytes(_TFLITE_OPS[layer.kind], per_channel, kept, split=True)[1]
+            one += storage.layer_bytes(graph.tflite_op(layer.kind), per_channel, kept, split=False)[1]
+            parts += storage.layer_bytes(graph.tflite_op(layer.kind), per_channel, kept, split=True)[1]
         decision[group] = parts < one
     return decision
 

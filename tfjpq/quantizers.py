@@ -106,10 +106,23 @@ def quantize_activations(x: tf.Tensor, clip: tf.Tensor, bits: int, signed: bool)
     return tf.quantization.fake_quant_with_min_max_vars(x, low, clip, num_bits=int(bits), narrow_range=False)
 
 
-def quantize_activations_np(x: np.ndarray, clip: float, bits: int, signed: bool) -> np.ndarray:
-    """NumPy reference of :func:`quantize_activations` (same nudged grid as TensorFlow)."""
-    out = quantize_activations(tf.constant(x, tf.float32), tf.constant(clip, tf.float32), bits, signed)
-    return out.numpy()
+def quantize_kernel_np(layer, w: np.ndarray, bits: int) -> np.ndarray:
+    """Per-output-channel symmetric quantization of a Conv2D / DepthwiseConv2D / Dense kernel ``w`` of ``layer``.
+
+    Conv2D ``(kh, kw, cin, cout)`` and Dense ``(in, out)``: channel axis -1.
+    DepthwiseConv2D ``(kh, kw, cin, mult)``: channel axis 2 (with ``mult > 1``,
+    each of the ``cin * mult`` output channels gets its own scale, as TFLite stores it).
+    """
+    from tfjpq.graph import layer_kind
+
+    w = np.asarray(w, np.float32)
+    if layer_kind(layer) == "depthwise":
+        kh, kw, cin, mult = w.shape
+        if mult == 1:
+            return quantize_weights_np(w, bits, channel_axis=2)
+        flat = w.reshape(kh, kw, 1, cin * mult)
+        return quantize_weights_np(flat, bits, channel_axis=-1).reshape(w.shape)
+    return quantize_weights_np(w, bits, channel_axis=-1)
 
 
 def distinct_levels_per_channel(w: np.ndarray, channel_axis: int = -1) -> np.ndarray:

@@ -90,9 +90,6 @@ def format_breakdown(b) -> str:
             + ", ".join(f"{name} {n:,d} ({n / total:.1%})" for name, n in parts if n))
 
 
-_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
-
-
 def packed_bytes(kind, bits, per_channel_weights, regroup) -> int:
     """Weight bytes ``tflm_export`` stores for one layer's kept channels.
 
@@ -109,7 +106,7 @@ def packed_bytes(kind, bits, per_channel_weights, regroup) -> int:
     for g in groups:
         n = int(per_channel_weights)
         shape = {"dense": (len(g), n), "conv": (len(g), n, 1, 1), "depthwise": (1, n, 1, len(g))}[kind]
-        plan = storage.plan_tensor(_OPS[kind], shape, bits=[int(b) for b in g])
+        plan = storage.plan_tensor(graph.tflite_op(kind), shape, bits=[int(b) for b in g])
         total += plan.weight_bytes - (storage.lut_overhead_bytes(len(g)) if plan.method == "lut" else 0)
     return int(total)
 
@@ -151,7 +148,7 @@ def _search_rows(model):
 
 
 def _plain_rows(model):
-    model = graph.check_model(model)
+    model = graph.check_model(model, None, "tfjpq.summary")
     rows = []
     for node in graph.topological_nodes(model):
         layer = node.operation
@@ -161,8 +158,7 @@ def _plain_rows(model):
         w = layer.get_weights()[0]
         out_shape = node.outputs[0].shape
         pixels = int(np.prod([int(d) for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
-        axis = 2 if kind == "depthwise" else -1
-        bits = detect_channel_bits(w, axis)
+        bits = detect_channel_bits(w, graph.kernel_channel_axis(layer))
         bits[bits == 0] = 2  # an all-zero channel (a mask, not a removal) is still stored and computed
         taps = int(np.prod(w.shape[:2])) if kind != "dense" else 1
         cin = int(w.shape[-2]) if kind != "depthwise" else 1

@@ -39,8 +39,8 @@ import keras
 import tensorflow as tf
 
 from tfjpq.cost import CostModel
+from tfjpq.graph import tflite_op
 
-_OPS = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED"}
 OBJECTIVES = ("flash", "latency")
 
 
@@ -82,7 +82,7 @@ class TFLMCost(CostModel):
     def _flash(self, t):
         from tflm_export import storage
 
-        op = _OPS[t.kind]
+        op = tflite_op(t.kind)
         per_channel = t.taps * (1.0 if t.kind == "depthwise" else t.cin_eff)
         nonzero = [(i, b) for i, b in enumerate(t.weight_bits) if b != 0]
         # one tensor, stored by its widest channel: expectation over that maximum
@@ -138,7 +138,7 @@ class TFLMCost(CostModel):
     def _latency(self, t):
         from tflm_export import cycles
 
-        op = _OPS[t.kind]
+        op = tflite_op(t.kind)
         core = self.board.core
         per_mac = cycles.mac_cycles(op, core, self.kernels)
         total = 0.0

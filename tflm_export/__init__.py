@@ -19,6 +19,7 @@ from tflm_export.errors import (
     ConversionError,
     CorruptModelError,
     DoesNotFit,
+    InvalidArgumentError,
     OutDirExistsError,
     PackingError,
     TFLMExportError,
@@ -28,6 +29,6 @@ from tflm_export.errors import (
 
 __all__ = [
     "convert", "emulate", "Board", "BOARDS", "DoesNotFit", "Artifact", "get_board", "storage",
-    "ConversionError", "CorruptModelError", "OutDirExistsError", "PackingError", "TFLMExportError",
+    "ConversionError", "CorruptModelError", "InvalidArgumentError", "OutDirExistsError", "PackingError", "TFLMExportError",
     "TFLMRuntimeError", "UnsupportedOpError", "EmulationResult",
 ]

@@ -35,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from tflm_export.errors import InvalidArgumentError
+
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -73,17 +75,17 @@ class Board:
 
     def __post_init__(self):
         if self.core not in CORES:
-            raise ValueError(f"Board {self.name!r}: unknown core {self.core!r}; choose one of {CORES}")
+            raise InvalidArgumentError(f"Board {self.name!r}: unknown core {self.core!r}; choose one of {CORES}")
         if not self.clock_mhz or self.clock_mhz <= 0:
-            raise ValueError(f"Board {self.name!r}: clock_mhz must be > 0, got {self.clock_mhz!r}")
+            raise InvalidArgumentError(f"Board {self.name!r}: clock_mhz must be > 0, got {self.clock_mhz!r}")
         for field in ("sram_bytes", "flash_bytes", "ram_reserved_bytes", "flash_reserved_bytes"):
             v = getattr(self, field)
             if int(v) != v or v < 0:
-                raise ValueError(f"Board {self.name!r}: {field} must be a non-negative integer, got {v!r}")
+                raise InvalidArgumentError(f"Board {self.name!r}: {field} must be a non-negative integer, got {v!r}")
         if self.ram_reserved_bytes >= self.sram_bytes:
-            raise ValueError(f"Board {self.name!r}: ram_reserved_bytes leaves no SRAM for the arena")
+            raise InvalidArgumentError(f"Board {self.name!r}: ram_reserved_bytes leaves no SRAM for the arena")
         if self.flash_reserved_bytes >= self.flash_bytes:
-            raise ValueError(f"Board {self.name!r}: flash_reserved_bytes leaves no flash for the model")
+            raise InvalidArgumentError(f"Board {self.name!r}: flash_reserved_bytes leaves no flash for the model")
 
     @property
     def arena_budget(self) -> int:
@@ -125,5 +127,5 @@ def get_board(board) -> Board:
         key = board.strip().lower()
         if key in BOARDS:
             return BOARDS[key]
-        raise ValueError(f"unknown board {board!r}; built-in boards are {sorted(BOARDS)}, or pass tflm_export.Board(...)")
+        raise InvalidArgumentError(f"unknown board {board!r}; built-in boards are {sorted(BOARDS)}, or pass tflm_export.Board(...)")
     raise TypeError(f"board must be a name or a tflm_export.Board, got {type(board).__name__}")

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 
+from tflm_export.errors import InvalidArgumentError
+
 #: TFLite operator -> MicroMutableOpResolver method, where the CamelCase rule does not give it.
 _SPECIAL = {
     "TFLM_DECODE": "AddDecode",
@@ -143,7 +145,7 @@ def _model_name(out_dir) -> str:
     with open(os.path.join(out_dir, "model_data.cc")) as f:
         m = re.search(r"const unsigned char g_([0-9A-Za-z_]+)_model_data\[\]", f.read())
     if not m:
-        raise ValueError(f"{out_dir}/model_data.cc has no g_<name>_model_data array; is it a tflm_export folder?")
+        raise InvalidArgumentError(f"{out_dir}/model_data.cc has no g_<name>_model_data array; is it a tflm_export folder?")
     return m.group(1)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from tflm_export import lean, modelinfo, packing, repair, storage
 from tflm_export.artifact import Artifact, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
-from tflm_export.errors import ConversionError
+from tflm_export.errors import ConversionError, InvalidArgumentError
 
 MAX_CALIBRATION_SAMPLES = 300
 
@@ -150,7 +150,7 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
         print(art.size, art.arena_bytes, art.report["totals"])
     """
     if pack not in storage.PACK_MODES:
-        raise ValueError(f"pack must be one of {storage.PACK_MODES}, got {pack!r}")
+        raise InvalidArgumentError(f"pack must be one of {storage.PACK_MODES}, got {pack!r}")
     if out_dir is not None:
         check_out_dir(os.path.abspath(os.fspath(out_dir)), overwrite)   # fail before the slow part
     layer_names = [l.name for l in getattr(model, "layers", [])]

@@ -43,6 +43,8 @@ Example::
 
 from __future__ import annotations
 
+from tflm_export.errors import InvalidArgumentError
+
 KERNELS = ("cmsis-nn", "cmsis-nn-2020", "reference")
 
 OP_OVERHEAD = 800            # cycles per operator invocation (interpreter dispatch, per-channel setup)
@@ -105,9 +107,9 @@ DEFAULT_KERNEL_CODE_BYTES = 3 * 1024
 
 def _check(core: str, kernels: str) -> None:
     if core not in CORE_FACTORS:
-        raise ValueError(f"no cycle model for core {core!r}; known cores: {sorted(CORE_FACTORS)}")
+        raise InvalidArgumentError(f"no cycle model for core {core!r}; known cores: {sorted(CORE_FACTORS)}")
     if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        raise InvalidArgumentError(f"kernels must be one of {KERNELS}, got {kernels!r}")
 
 
 def _kernel_factor(op: str, kernels: str) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 from tflm_export import cycles, modelinfo, runner
 from tflm_export.artifact import Artifact, dequantize, io_details, quantize
 from tflm_export.boards import Board, get_board
-from tflm_export.errors import DoesNotFit
+from tflm_export.errors import DoesNotFit, InvalidArgumentError
 
 
 @dataclass
@@ -143,7 +143,7 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
         if len(ins) == 1 and len(raw) != 1:
             raw = [np.asarray(inputs)]
         if len(raw) != len(ins):
-            raise ValueError(f"the model has {len(ins)} inputs, got {len(raw)} arrays")
+            raise InvalidArgumentError(f"the model has {len(ins)} inputs, got {len(raw)} arrays")
         arrays = []
         for a, d in zip(raw, ins):
             a = np.asarray(a)
@@ -151,7 +151,7 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
             if tuple(a.shape) == want:
                 a = a[None]
             if tuple(a.shape[1:]) != want:
-                raise ValueError(f"input {d['name']!r} expects samples of shape {want}, got an array of shape {a.shape}")
+                raise InvalidArgumentError(f"input {d['name']!r} expects samples of shape {want}, got an array of shape {a.shape}")
             arrays.append(quantize(a, d))
     res = runner.run_tflm(data, arrays, num_outputs=len(outs), arena_size=arena_size)
 

@@ -18,6 +18,13 @@ class TFLMExportError(Exception):
     """Base class of every error tflm_export raises on purpose."""
 
 
+class InvalidArgumentError(TFLMExportError, ValueError):
+    """An argument has a value tflm_export cannot use (an unknown board, core, pack mode, input shape, ...).
+
+    A ``ValueError`` too, so callers that caught the older bare ``ValueError`` still do.
+    """
+
+
 class ConversionError(TFLMExportError):
     """The Keras model could not be turned into an int8 TFLite flatbuffer."""
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tflm_export import schema
+
 __all__ = ["strip", "breakdown", "TFLM_METADATA", "DATA_ALIGNMENT"]
 
 #: Metadata entries the TFLM runtime reads; every other entry is dropped.
@@ -61,24 +63,6 @@ def _bias_index(name, inputs):
     return int(inputs[k])
 
 
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-
-    return fb
-
-
-def _op_names(fb):
-    return {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def _opcode_name(fb, code) -> str:
-    builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
-    if builtin == fb.BuiltinOperator.CUSTOM:
-        c = code.customCode
-        return c.decode() if isinstance(c, bytes) else str(c)
-    return _op_names(fb).get(builtin, str(builtin))
-
-
 def _itemsize(fb, tensor_type) -> int:
     t = fb.TensorType
     return {t.INT64: 8, t.FLOAT64: 8, t.UINT64: 8, t.COMPLEX64: 8, t.COMPLEX128: 16,
@@ -87,7 +71,7 @@ def _itemsize(fb, tensor_type) -> int:
 
 def _simplify(model, keep_names: bool):
     """Edit the unpacked ModelT in place: drop what TFLM does not read."""
-    fb = _schema()
+    fb = schema.fb()
     model.description = None
     model.signatureDefs = None
     model.metadataBuffer = None
@@ -98,7 +82,7 @@ def _simplify(model, keep_names: bool):
             if name in TFLM_METADATA:
                 kept.append(entry)
         model.metadata = kept or None
-    ops = {i: _opcode_name(fb, c) for i, c in enumerate(model.operatorCodes or [])}
+    ops = {i: schema.opcode_name(c) for i, c in enumerate(model.operatorCodes or [])}
     for sg in model.subgraphs:
         if not keep_names:
             sg.name = None
@@ -139,7 +123,7 @@ class _Writer:
     def __init__(self, model, size_hint: int):
         import flatbuffers
 
-        self.fb = _schema()
+        self.fb = schema.fb()
         self.model = model
         self.b = flatbuffers.Builder(max(1024, size_hint))
         self._vectors = {}
@@ -340,7 +324,7 @@ def strip(model_bytes: bytes, keep_names: bool = False) -> bytes:
 
         lean_bytes = strip(open("model.tflite", "rb").read())
     """
-    fb = _schema()
+    fb = schema.fb()
     model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     if any(getattr(buf, "offset", 0) for buf in model.buffers or []):
         return bytes(model_bytes)  # buffers stored outside the flatbuffer (>2 GB): leave as is
@@ -356,7 +340,7 @@ def strip(model_bytes: bytes, keep_names: bool = False) -> bytes:
 
 def _renumber_buffers(model) -> None:
     """Keep buffer 0 (the empty sentinel) and the referenced buffers with data, in first-use order."""
-    fb = _schema()
+    fb = schema.fb()
     new_buffers = [fb.BufferT()]
     index = {}
 
@@ -458,11 +442,11 @@ def breakdown(model_bytes: bytes) -> dict:
         b = breakdown(open("model.tflite", "rb").read())
         b["parts"]["weights"], b["total"]
     """
-    fb = _schema()
+    fb = schema.fb()
     buf = bytearray(model_bytes)
     model = fb.Model.GetRootAs(buf, 0)
     spans = _Spans(buf)
-    codes = [_opcode_name(fb, fb.OperatorCodeT.InitFromObj(model.OperatorCodes(i)))
+    codes = [schema.opcode_name(fb.OperatorCodeT.InitFromObj(model.OperatorCodes(i)))
              for i in range(model.OperatorCodesLength())]
     role = {}   # buffer index -> part
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tflm_export import schema
 from tflm_export.errors import CorruptModelError, UnsupportedOpError
 
 # Imported lazily-cheap: the generated schema module has no C++ behind it.
@@ -47,7 +48,6 @@ TFLM_BUILTIN_OPS = frozenset(
 #: Custom operators the TFLM interpreter registers.
 TFLM_CUSTOM_OPS = frozenset({DECODE_OP, "CIRCULAR_BUFFER", "TFLite_Detection_PostProcess", "ethos-u"})
 
-_OP_NAMES = {v: k for k, v in vars(_fb.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(_fb.TensorType).items() if not k.startswith("_")}
 #: Bits per element of each tensor type (sub-byte types pack).
 TYPE_BITS = {
@@ -108,14 +108,6 @@ class ModelInfo:
     @property
     def total_macs(self) -> int:
         return int(sum(op.macs for op in self.ops))
-
-
-def _op_name(opcode) -> str:
-    code = max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
-    if code == _fb.BuiltinOperator.CUSTOM:
-        c = opcode.customCode
-        return c.decode() if isinstance(c, bytes) else str(c)
-    return _OP_NAMES.get(code, f"BUILTIN_{code}")
 
 
 def _s(x) -> str:
@@ -203,7 +195,7 @@ def inspect_model(model_bytes) -> ModelInfo:
     for oi, op in enumerate(sg.operators or []):
         if not 0 <= op.opcodeIndex < len(opcodes):
             raise _bad(f"operator {oi} uses opcode {op.opcodeIndex}, but there are {len(opcodes)} operator codes")
-        name = _op_name(opcodes[op.opcodeIndex])
+        name = schema.opcode_name(opcodes[op.opcodeIndex])
         info = OpInfo(oi, name, idx(op.inputs, f"operator {oi} ({name})"), idx(op.outputs, f"operator {oi} ({name})"))
         _count_work(info, op, tensors)
         ops.append(info)

@@ -39,11 +39,11 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from tflm_export import storage
+from tflm_export import schema, storage
 from tflm_export.errors import PackingError
 
 _GRID_LEVELS = (1, 3, 7, 15, 31, 63)   # 2, 3, ... 7 bits
@@ -54,12 +54,6 @@ def _editor():
     from tflite_micro.tensorflow.lite.micro.compression import model_editor
 
     return model_editor
-
-
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-
-    return fb
 
 
 @dataclass
@@ -149,11 +143,11 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None) -> list:
     found = []
     seen = set()
     for oi, op in enumerate(sg.operators):
-        fbname = _op_name(op)
+        fbname = op_name(op)
         if fbname not in storage.WEIGHT_OPS or len(op.inputs) < 2:
             continue
         t = op.inputs[1]
-        if t is None or t.buffer is None or t.dtype != _schema().TensorType.INT8 or id(t) in seen:
+        if t is None or t.buffer is None or t.dtype != schema.fb().TensorType.INT8 or id(t) in seen:
             continue
         seen.add(id(t))
         axis = storage.CHANNEL_AXIS[fbname]
@@ -178,12 +172,9 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None) -> list:
     return found
 
 
-def _op_name(op) -> str:
-    fb = _schema()
-    if op.opcode == fb.BuiltinOperator.CUSTOM:
-        return op.custom_code or "CUSTOM"
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(op.opcode, str(op.opcode))
+def op_name(op) -> str:
+    """The name of a model-editor operator ("CONV_2D", or a custom code)."""
+    return schema.op_name(op.opcode, op.custom_code)
 
 
 def plan(weights, pack: str = "auto", strip: bool = True) -> dict:
@@ -266,7 +257,7 @@ def apply(model_bytes: bytes, weights, plans: dict, regrid_only: bool = False) -
     int8 (for checking INT4 packing bit for bit).
     """
     me = _editor()
-    fb = _schema()
+    fb = schema.fb()
     notes = {}
     by_index = {w.tensor_index: w for w in weights}
     model = me.read(model_bytes)

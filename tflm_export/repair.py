@@ -33,9 +33,10 @@ def fix_bias_scales(model_bytes: bytes) -> tuple:
     """Requantize int32 biases stored at the wrong scale; returns ``(bytes, notes)``."""
     from tflite_micro.tensorflow.lite.micro.compression import model_editor as me
 
-    from tflm_export.packing import _op_name, _schema
+    from tflm_export import schema
+    from tflm_export.packing import op_name
 
-    fb = _schema()
+    fb = schema.fb()
     model = me.read(model_bytes)
     notes = {}
     users = {}
@@ -46,7 +47,7 @@ def fix_bias_scales(model_bytes: bytes) -> tuple:
                     users[id(t)] = users.get(id(t), 0) + 1
     for sg in model.subgraphs:
         for op in sg.operators:
-            if _op_name(op) not in BIAS_OPS or len(op.inputs) < 3 or op.inputs[2] is None:
+            if op_name(op) not in BIAS_OPS or len(op.inputs) < 3 or op.inputs[2] is None:
                 continue
             x, w, b = op.inputs[0], op.inputs[1], op.inputs[2]
             if b.dtype != fb.TensorType.INT32 or not (x.quantization and w.quantization and b.quantization):

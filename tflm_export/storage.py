@@ -60,6 +60,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tflm_export.errors import InvalidArgumentError
+
 METHODS = ("int8", "int4", "lut")
 PACK_MODES = ("auto",) + METHODS
 
@@ -182,11 +184,11 @@ def weight_bytes(method: str, n, channels=1, index_bits=None, table_len=None, ex
         return int4_bytes(n, exact)
     if method == "lut":
         if index_bits is None:
-            raise ValueError("lut needs index_bits")
+            raise InvalidArgumentError("lut needs index_bits")
         if table_len is None:
             table_len = 2 ** index_bits
         return lut_bytes(n, channels, index_bits, table_len, exact=exact)
-    raise ValueError(f"unknown storage method {method!r}; choose one of {METHODS}")
+    raise InvalidArgumentError(f"unknown storage method {method!r}; choose one of {METHODS}")
 
 
 def bias_bytes(channels) -> int:
@@ -252,7 +254,7 @@ def plan_tensor(op: str, shape, bits=8, distinct=None, pack: str = "auto", extra
         plan_tensor("DEPTHWISE_CONV_2D", (1, 3, 3, 64), bits=[2] * 32 + [4] * 32).method   # 'int4'
     """
     if pack not in PACK_MODES:
-        raise ValueError(f"pack must be one of {PACK_MODES}, got {pack!r}")
+        raise InvalidArgumentError(f"pack must be one of {PACK_MODES}, got {pack!r}")
     shape = tuple(int(s) for s in shape)
     n = 1
     for s in shape:

@@ -2,7 +2,8 @@
 
 The density-to-channels rule
 ----------------------------
-Channels come in *groups*: a group is one width that several layers must
+Channels come in *groups* (the shared channel walk of
+:mod:`tfjpq.graph.channels`): a group is one width that several layers must
 share. A ``Conv``/``Dense`` layer starts a group with its output channels;
 layers that keep the channel count (BatchNorm, activations, pooling, dropout,
 padding, ...) pass it on; a depthwise convolution passes its input's group on
@@ -10,8 +11,9 @@ padding, ...) pass it on; a depthwise convolution passes its input's group on
 ``Average``, ``Maximum``, ``Minimum``) *joins* the groups of its inputs into
 one (union-find), so residual branches keep equal widths; ``Concatenate``
 lays groups side by side; ``Flatten`` repeats them once per spatial position.
-The model's input groups and every group that reaches a model output are
-fixed (width multiplier 1).
+The model's input, every group that reaches a model output, and groups whose
+channels a merge cannot match one to one (an Add of a Concatenate and a single
+convolution) are fixed (width multiplier 1).
 
 Give each free group ``g`` a width multiplier ``a_g <= 1``. The kernel of a
 ``Conv``/``Dense`` layer ``l`` then holds about ``a_out(l) * a_in(l)`` of its
@@ -54,49 +56,20 @@ import warnings
 
 import keras
 import numpy as np
-from keras import layers
 
+from tfjpq.errors import UnsupportedModelError
+from tfjpq.graph import check_model, kind_of, registry, supported_names
+from tfjpq.graph.channels import ChannelWalk
 from tfjpq.precrop.saliency import SCORED_LAYERS
 
-# --------------------------------------------------------------------------- layer kinds
+SUPPORTED = tuple(supported_names("croppable"))
 
-
-def _classes(*names):
-    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))
-
-
-_CONV = _classes("Conv1D", "Conv2D", "Conv3D")
-_DENSE = _classes("Dense")
-_DEPTHWISE = _classes("DepthwiseConv1D", "DepthwiseConv2D")
-_MERGE = _classes("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-_CONCAT = _classes("Concatenate")
-_FLATTEN = _classes("Flatten")
-_RESHAPE = _classes("Reshape")
-_SAME_CHANNELS = _classes(
-    "BatchNormalization", "LayerNormalization",
-    "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "Identity",
-)
-SUPPORTED = tuple(c.__name__ for c in _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _SAME_CHANNELS) + (
-    "Reshape (flattening only)",
-)
-
-
-class UnsupportedLayerError(ValueError):
-    """``crop`` met a layer (or model) it cannot narrow; the message names it and its class."""
+# The old name of the error crop raises; the same class as every tfjpq entry point's.
+UnsupportedLayerError = UnsupportedModelError
 
 
 def _unsupported(layer, why):
-    return UnsupportedLayerError(
+    return UnsupportedModelError(
         f"precrop.crop cannot handle layer {layer.name!r} ({type(layer).__name__}): {why}"
     )
 
@@ -104,23 +77,11 @@ def _unsupported(layer, why):
 # --------------------------------------------------------------------------- channel bookkeeping
 
 
-class _Chan:
-    """The channel axis of one tensor: segments ``(group id, factor)``; width = sum(factor * width(group))."""
-
-    __slots__ = ("segs",)
-
-    def __init__(self, segs):
-        self.segs = tuple(segs)
-
-    def scaled(self, k):
-        return _Chan((g, f * k) for g, f in self.segs)
-
-
 @dataclasses.dataclass
 class _LayerInfo:
     layer: object
     kind: str  # "source" | "depthwise" | "other"
-    in_segs: tuple = ()
+    in_segs: tuple = ()  # (group | None, factor): channels = sum(factor * width(group)), width(None) = 1
     out_group: int | None = None
     kernel_elems: int = 1  # spatial size of the kernel
     multiplier: int = 1  # depthwise depth_multiplier
@@ -129,204 +90,82 @@ class _LayerInfo:
     other_params: list = dataclasses.field(default_factory=list)  # [(size, scales_with_channels)]
 
 
-class _Graph:
-    """Union-find over channel groups, filled by walking the model with ``clone_model(call_function=...)``."""
+class _CropWalk(ChannelWalk):
+    """The shared channel walk (:mod:`tfjpq.graph.channels`) with PreCrop's rules and parameter bookkeeping."""
 
-    def __init__(self):
-        self.parent = []
-        self.width = []
-        self.fixed_roots = set()
-        self.source_group = {}  # layer name -> group
-        self.info = {}  # layer name -> _LayerInfo (first call)
-        self.desc = {}  # id(KerasTensor) -> _Chan
-        self.keep_alive = []  # tensors whose ids are keys of desc
+    def step(self, node, kind, ins):
+        layer = node.operation
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            raise _unsupported(layer, "only channels_last layers are supported")
+        if kind.channels == registry.NEW and getattr(layer, "groups", 1) != 1:
+            raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
+        if kind.channels not in (registry.NEW, registry.FOLLOW) and layer.weights and len(node.input_tensors) != 1:
+            raise _unsupported(layer, "a layer with weights and several inputs is not supported")
+        return super().step(node, kind, ins)
 
-    # union-find
-    def new_group(self, width, fixed=False):
-        self.parent.append(len(self.parent))
-        self.width.append(int(width))
-        g = len(self.parent) - 1
-        if fixed:
-            self.fixed_roots.add(g)
-        return g
+    def on_join(self, node, kind, ins):
+        # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
+        widths = [t.shape[-1] for t in node.input_tensors]
+        wide = [lay for lay, w in zip(ins, widths) if w != 1]
+        if wide and len(wide) < len(ins):
+            for lay, w in zip(ins, widths):
+                if w == 1:
+                    self.fix(lay, f"{node.operation.name} broadcasts it")
+            ins = wide
+        return super().on_join(node, kind, ins)
 
-    def find(self, g):
-        while self.parent[g] != g:
-            self.parent[g] = self.parent[self.parent[g]]
-            g = self.parent[g]
-        return g
+    def finish(self):
+        super().finish()
+        self.width = {gid: g.channels for gid, g in self.groups.items()}
+        self.width[None] = 1
+        self.fixed_roots = {gid for gid, g in self.groups.items() if not g.prunable}
+        self.source_group = self.producer_group
+        self.info = {}
+        for node in self.nodes:
+            self._note_layer(node)
 
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.width[ra] != self.width[rb]:  # cannot happen on a valid Keras graph
-            raise ValueError(f"internal: joining channel groups of widths {self.width[ra]} and {self.width[rb]}")
-        self.parent[rb] = ra
-        if rb in self.fixed_roots:
-            self.fixed_roots.discard(rb)
-            self.fixed_roots.add(ra)
-        return ra
+    def _segs(self, layout):
+        return tuple((g, layout.repeat * c // self.width[g]) for g, c in layout.segments)
 
-    def is_fixed(self, g):
-        return self.find(g) in self.fixed_roots
+    def _note_layer(self, node):
+        layer, x = node.operation, node.input_tensors[0]
+        rule = kind_of(layer).channels
+        segs = self._segs(self.layouts[id(x)])
+        if rule == registry.NEW:
+            self.info[layer.name] = _LayerInfo(
+                layer, "source", segs, self.producer_group[layer.name],
+                kernel_elems=int(np.prod(layer.kernel_size)) if hasattr(layer, "kernel_size") else 1,
+                bias=bool(layer.use_bias), in_channels=int(x.shape[-1]),
+            )
+        elif rule == registry.FOLLOW:
+            self.info[layer.name] = _LayerInfo(
+                layer, "depthwise", segs, kernel_elems=int(np.prod(layer.kernel_size)),
+                multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias), in_channels=int(x.shape[-1]),
+            )
+        elif layer.weights:
+            ch = int(x.shape[-1])
+            params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
+            self.info[layer.name] = _LayerInfo(layer, "other", segs, in_channels=ch, other_params=params)
+
+    # the union-find view the plan below reads (every id is a root once the walk is done)
+    @staticmethod
+    def find(gid):
+        return gid
+
+    def is_fixed(self, gid):
+        return gid in self.fixed_roots
 
     def channels(self, segs, widths=None):
         w = widths if widths is not None else {}
-        return sum(f * w.get(self.find(g), self.width[self.find(g)]) for g, f in segs)
-
-    def join(self, layer, chans):
-        """Make the given channel descriptors one width (segment by segment)."""
-        first = chans[0]
-        for c in chans[1:]:
-            if len(c.segs) != len(first.segs) or any(f1 != f2 for (_, f1), (_, f2) in zip(c.segs, first.segs)):
-                raise _unsupported(
-                    layer,
-                    "its inputs are built from different channel groupings (for example an Add of a "
-                    "Concatenate and a single convolution), so their widths cannot be kept equal",
-                )
-            for (g1, _), (g2, _) in zip(first.segs, c.segs):
-                self.union(g1, g2)
-        return first
-
-    # walking
-    def chan_of(self, tensor):
-        c = self.desc.get(id(tensor))
-        if c is None:  # a model input: a fixed group
-            width = tensor.shape[-1]
-            if width is None:
-                raise ValueError(f"precrop.crop needs a known channel count on input {tensor.name!r}")
-            c = _Chan([(self.new_group(width, fixed=True), 1)])
-            self._remember(tensor, c)
-        return c
-
-    def _remember(self, tensor, chan):
-        self.desc[id(tensor)] = chan
-        self.keep_alive.append(tensor)
-
-    def call(self, layer, *args, **kwargs):
-        inputs = [t for t in keras.tree.flatten((args, kwargs.get("inputs"))) if isinstance(t, keras.KerasTensor)]
-        chans = [self.chan_of(t) for t in inputs]
-        outputs = layer(*args, **kwargs)  # first, so the layer is built when its weights are counted
-        out_chan = self._propagate(layer, inputs, chans)
-        flat = keras.tree.flatten(outputs)
-        if len(flat) != 1:
-            raise _unsupported(layer, f"it has {len(flat)} outputs; only single-output layers are supported")
-        self._remember(flat[0], out_chan)
-        return outputs
-
-    def _propagate(self, layer, inputs, chans):
-        name = layer.name
-        seen = self.info.get(name)
-        if isinstance(layer, _CONV + _DENSE):
-            if getattr(layer, "groups", 1) != 1:
-                raise _unsupported(layer, f"grouped convolutions (groups={layer.groups}) are not supported")
-            (chan,) = chans
-            if seen is not None:  # a shared layer: its inputs must keep one width
-                self.join(layer, [_Chan(seen.in_segs), chan])
-                return _Chan([(seen.out_group, 1)])
-            width = layer.filters if isinstance(layer, _CONV) else layer.units
-            g = self.new_group(width)
-            self.source_group[name] = g
-            self.info[name] = _LayerInfo(
-                layer, "source", chan.segs, g,
-                kernel_elems=int(np.prod(layer.kernel_size)) if isinstance(layer, _CONV) else 1,
-                bias=bool(layer.use_bias), in_channels=int(inputs[0].shape[-1]),
-            )
-            return _Chan([(g, 1)])
-        if isinstance(layer, _DEPTHWISE):
-            (chan,) = chans
-            if seen is not None:
-                self.join(layer, [_Chan(seen.in_segs), chan])
-            else:
-                self.info[name] = _LayerInfo(
-                    layer, "depthwise", chan.segs, kernel_elems=int(np.prod(layer.kernel_size)),
-                    multiplier=int(layer.depth_multiplier), bias=bool(layer.use_bias),
-                    in_channels=int(inputs[0].shape[-1]),
-                )
-            return chan.scaled(int(layer.depth_multiplier))
-        self._note_other(layer, inputs, chans)
-        if isinstance(layer, _MERGE):
-            # Broadcast operands with one channel (e.g. a scalar gate) keep their width.
-            wide = [c for c, t in zip(chans, inputs) if t.shape[-1] != 1]
-            for c, t in zip(chans, inputs):
-                if t.shape[-1] == 1 and wide:
-                    for g, _ in c.segs:
-                        self.fixed_roots.add(self.find(g))
-            return self.join(layer, wide or chans)
-        if isinstance(layer, _CONCAT):
-            rank = len(inputs[0].shape)
-            if layer.axis in (-1, rank - 1):
-                return _Chan([s for c in chans for s in c.segs])
-            return self.join(layer, chans)  # concatenated along space: channels must agree
-        if isinstance(layer, _FLATTEN + _RESHAPE):
-            (chan,) = chans
-            shape = inputs[0].shape
-            spatial = shape[1:-1]
-            if any(d is None for d in spatial):
-                raise _unsupported(layer, f"its input shape {tuple(shape)} has unknown spatial dimensions")
-            if isinstance(layer, _RESHAPE):
-                target = tuple(layer.target_shape)
-                if len(target) != 1 or target[0] not in (-1, int(np.prod(shape[1:]))):
-                    raise _unsupported(layer, f"Reshape to {target} mixes the channel axis; only flattening is supported")
-            return chan.scaled(int(np.prod(spatial)) if spatial else 1)
-        if len(chans) != 1:
-            raise _unsupported(layer, f"expected one input, got {len(chans)}")
-        return chans[0]  # a _SAME_CHANNELS layer
-
-    def _note_other(self, layer, inputs, chans):
-        if layer.name in self.info or not layer.weights:
-            return
-        if len(inputs) != 1:
-            raise _unsupported(layer, "a layer with weights and several inputs is not supported")
-        ch = int(inputs[0].shape[-1])
-        params = [(int(np.prod(w.shape)), bool(len(w.shape) and w.shape[-1] == ch)) for w in layer.weights]
-        self.info[layer.name] = _LayerInfo(layer, "other", chans[0].segs, in_channels=ch, other_params=params)
+        return sum(f * w.get(g, self.width[g]) for g, f in segs)
 
 
-def _check_supported(layer):
-    """Raise, naming the layer and its class, unless crop knows how the layer treats channels."""
-    if isinstance(layer, keras.Model):
-        raise _unsupported(layer, "nested models are not supported; build the model flat (one functional graph)")
-    known = _CONV + _DENSE + _DEPTHWISE + _MERGE + _CONCAT + _FLATTEN + _RESHAPE + _SAME_CHANNELS
-    if not isinstance(layer, known):
-        raise _unsupported(
-            layer,
-            "crop does not know how this layer changes the channel count. Supported: " + ", ".join(SUPPORTED),
-        )
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        raise _unsupported(layer, "only channels_last layers are supported")
-
-
-def _probe_clone(layer):
-    _check_supported(layer)
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _functional(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not getattr(model, "inputs", None):
-            raise ValueError(
-                f"Sequential model {model.name!r} has no defined input; start it with keras.Input(shape) or build it"
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
-    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
-        raise UnsupportedLayerError(
-            f"precrop.crop needs a functional or Sequential Keras model; model {model.name!r} "
-            f"({type(model).__name__}) is subclassed, so its graph cannot be rebuilt"
-        )
-    return model
+def _checked(model):
+    return check_model(model, "croppable", "precrop.crop")
 
 
 def _analyse(model):
-    g = _Graph()
-    probe = keras.models.clone_model(model, clone_function=_probe_clone, call_function=g.call)
-    for t in keras.tree.flatten(probe.outputs):
-        for grp, _ in g.desc[id(t)].segs:
-            g.fixed_roots.add(g.find(grp))
-    return g
+    return _CropWalk(model).run()
 
 
 # --------------------------------------------------------------------------- plan
@@ -511,7 +350,7 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
         plan.widths["block2_conv1"]    # (32, 14)
         plan.groups                    # [['block1_conv2', 'stem'], ...]: joined by Adds
     """
-    model = _functional(model)
+    model = _checked(model)
     if (densities is None) == (width_multipliers is None):
         raise ValueError("give exactly one of densities (per-layer kept fractions, or one number) "
                          "and width_multipliers (per-layer output width ratios, or one number)")
@@ -638,7 +477,7 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
         an uncompiled ``keras.Model`` with the same layer names and graph.
 
     Raises:
-        UnsupportedLayerError: a layer the rule does not cover (named, with its class).
+        UnsupportedModelError: a layer the rule does not cover (named, with its class).
 
     The density-to-channels rule is in this module's docstring and in
     ``docs/precrop.md``: output channels follow ``sqrt(density)`` when
@@ -661,17 +500,15 @@ def crop(model, densities=None, *, width_multipliers=None, match: str | None = "
 
 def build(model, plan: CropPlan, seed: int | None = None) -> keras.Model:
     """Rebuild ``model`` with the output widths of ``plan`` (fresh weights)."""
-    model = _functional(model)
+    model = _checked(model)
     new = {n: w for n, (_, w) in plan.widths.items()}
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
     def clone(layer):
         config = layer.get_config()
-        if isinstance(layer, _CONV) and layer.name in new:
-            config["filters"] = new[layer.name]
-        elif isinstance(layer, _DENSE) and layer.name in new:
-            config["units"] = new[layer.name]
+        if layer.name in new and kind_of(layer).channels == registry.NEW:
+            config["filters" if "filters" in config else "units"] = new[layer.name]
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone)

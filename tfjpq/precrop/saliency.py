@@ -18,7 +18,7 @@ Every score has the same shape as the kernel it rates, and for every method a
   scoring (their sum would be constant).
 
 Scored layers are the kernels of ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` and
-``Dense``. Biases and normalization parameters are not scored (they are never
+``Dense`` (the registry's scorable kinds, :mod:`tfjpq.graph.registry`). Biases and normalization parameters are not scored (they are never
 pruned). Scoring never changes the model: every variable is restored.
 
 Example::
@@ -39,60 +39,38 @@ import contextlib
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
+
+from tfjpq.errors import UnsupportedModelError
+from tfjpq.graph import KINDS, check_model, kind_of
 
 METHODS = ("snip", "grasp", "synflow")
 
-# Layers whose kernel is scored (and, for the unstructured baseline, masked).
-SCORED_LAYERS = (
-    layers.Conv1D,
-    layers.Conv2D,
-    layers.Conv3D,
-    layers.DepthwiseConv1D,
-    layers.DepthwiseConv2D,
-    layers.Dense,
-)
+# Layers whose kernel is scored (and, for the unstructured baseline, masked): the registry's scorable kinds.
+SCORED_LAYERS = tuple(c for kind in KINDS if kind.scorable for c in kind.classes)
 
 
 # --------------------------------------------------------------------------- layers
 
 
-def _flat_layers(model):
-    """All leaf layers of ``model``, nested models opened up, in model order."""
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            out.extend(_flat_layers(layer))
-        else:
-            out.append(layer)
-    return out
-
-
 def scored_layers(model) -> list:
-    """The layers whose kernels are scored, in model order (names must be unique).
+    """The layers whose kernels are scored, in model order.
+
+    The model must pass :func:`tfjpq.graph.check_model` for PreCrop (the models
+    :func:`tfjpq.precrop.crop` accepts).
 
     Example::
 
         [l.name for l in precrop.scored_layers(zoo.small_cnn())]   # ['conv1', 'conv2', 'logits']
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
-    if not model.built:
-        raise ValueError(
-            f"model {model.name!r} is not built yet; build it (call it on data or give it an Input) before scoring"
-        )
-    found = [l for l in _flat_layers(model) if isinstance(l, SCORED_LAYERS)]
+    functional = check_model(model, "croppable", "precrop")
+    found = [l for l in functional.layers if kind_of(l) is not None and kind_of(l).scorable]
     for layer in found:
         groups = getattr(layer, "groups", 1)
         if groups != 1:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"layer {layer.name!r} ({type(layer).__name__}) is a grouped convolution (groups={groups}); "
                 "precrop scores only groups=1 convolutions, depthwise convolutions and Dense layers"
             )
-    names = [l.name for l in found]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"layer names must be unique to be scored; repeated: {dup}")
     if not found:
         raise ValueError(
             f"model {model.name!r} has no Conv, DepthwiseConv or Dense layer to score"
@@ -112,7 +90,7 @@ def _logits_output(model, method):
     outputs = [t._keras_history.operation for t in model.outputs] if getattr(model, "outputs", None) else []
     swapped = []
     for layer in outputs:
-        if isinstance(layer, layers.Softmax):
+        if isinstance(layer, keras.layers.Softmax):
             raise ValueError(
                 f"method='synflow' sums the model's outputs, and output layer {layer.name!r} (Softmax) makes "
                 "that sum constant; score the model without its final Softmax layer"
@@ -175,7 +153,7 @@ def _batches(data, batch_size, max_batches, method):
 def _output_is_probability(model):
     last = model.layers[-1]
     act = getattr(last, "activation", None)
-    if isinstance(last, layers.Softmax):
+    if isinstance(last, keras.layers.Softmax):
         return True
     return act is not None and getattr(act, "__name__", "") in ("softmax", "sigmoid")
 
@@ -248,8 +226,8 @@ def _grasp(model, layers_, data, loss, batch_size, max_batches, temperature):
 
 
 def _linearize_for_synflow(model, layers_, originals, masks):
-    for layer in _flat_layers(model):
-        if isinstance(layer, layers.BatchNormalization):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
             if layer.scale:
                 layer.gamma.assign(tf.abs(layer.gamma))
             if layer.center:

@@ -23,34 +23,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfjpq.zeroq import _graph
+from tfjpq.graph import check_model, layer_kind, single_input_shape, topological_nodes
 
 _EPS = 1e-6
 
 
 def _bn_nodes(model):
-    """(bn_layer, input_tensor) for every call of a BatchNormalization layer in the graph."""
-    bns = _graph.batchnorm_layers(model)
-    if not bns:
+    """(bn_layer, input_tensor) for every BatchNormalization call of a checked model, input side first."""
+    pairs = [(node.operation, node.input_tensors[0]) for node in topological_nodes(model)
+             if layer_kind(node.operation) == "bn"]
+    if not pairs:
         raise ValueError(
             f"model {model.name!r} has no BatchNormalization layer: ZeroQ distillation matches the "
             "BN running statistics, so it needs a model with BatchNormalization (un-folded). "
             "Use real calibration images (or another data-free method) for this model."
         )
-    graph = getattr(model, "_functional", None) or model
-    by_depth = getattr(graph, "_nodes_by_depth", None)
-    pairs = []
-    if by_depth:
-        bn_ids = {id(b) for b in bns}
-        seen = set()
-        for depth in sorted(by_depth, reverse=True):  # input side first
-            for node in by_depth[depth]:
-                op = node.operation
-                if id(op) in bn_ids and id(node) not in seen:
-                    seen.add(id(node))
-                    pairs.append((op, node.input_tensors[0]))
-    if not pairs:  # fall back to the first call of each layer
-        pairs = [(b, b.input) for b in bns]
     return pairs
 
 
@@ -58,8 +45,8 @@ class _Objective:
     """The BN-statistics loss for one model, as a compiled function of a batch."""
 
     def __init__(self, model, input_stats=(0.0, 1.0)):
-        _graph.check_functional(model, "zeroq.distill")
-        self.input_shape = _graph.single_input_shape(model, "zeroq.distill")
+        model = check_model(model, "known", "zeroq.distill")
+        self.input_shape = single_input_shape(model, "zeroq.distill")
         pairs = _bn_nodes(model)
         self.bn_names = [bn.name for bn, _ in pairs]
         self.features = keras.Model(model.inputs[0], [t for _, t in pairs], name=f"{model.name}_bn_inputs")

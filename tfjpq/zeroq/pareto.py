@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tfjpq.zeroq import _graph
+from tfjpq import quantizers
+from tfjpq.graph import check_model, layers_with, tflite_op
 from tfjpq.zeroq.sensitivity import Sensitivity
 
 MAX_BINS = 2 ** 20
@@ -80,8 +81,8 @@ class Plan:
             deploy = plan.apply(model)
             art = tflm_export.convert(deploy, representative_data=x_syn)
         """
-        _graph.check_functional(model, "Plan.apply")
-        by_name = {l.name: l for l in _graph.quantizable_layers(model)}
+        check_model(model, "known", "zeroq.Plan.apply")
+        by_name = {l.name: l for l in layers_with(model, "quantizable")}
         missing = [n for n in self.bits if n not in by_name]
         if missing:
             raise ValueError(f"plan layers {missing} are not Conv2D / DepthwiseConv2D / Dense layers of "
@@ -93,7 +94,7 @@ class Plan:
             w = np.asarray(src.kernel.numpy(), np.float32)
             if tuple(dst.kernel.shape) != w.shape:
                 raise ValueError(f"layer {name!r}: kernel shape {w.shape} changed in the clone")
-            dst.kernel.assign(_graph.quantize_kernel_np(src, w, b))
+            dst.kernel.assign(quantizers.quantize_kernel_np(src, w, b))
         return clone
 
     def to_dict(self):
@@ -180,9 +181,6 @@ def _save(fig, path):
     return fig
 
 
-_TFLITE_OPS = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
-
-
 def _tflite_shape(cls: str, shape: tuple) -> tuple:
     """The Keras kernel shape as the flatbuffer stores it (OHWI, 1HWO, OI)."""
     if cls == "Conv2D":
@@ -202,7 +200,7 @@ def tflm_cost(name: str, cls: str, shape: tuple, bits: int) -> int:
         from tflm_export import storage
     except ImportError as e:  # pragma: no cover - same distribution
         raise ImportError("cost='tflm' needs the tflm_export package (shipped with tfjpq)") from e
-    return int(storage.plan_tensor(_TFLITE_OPS[cls], _tflite_shape(cls, shape), bits=int(bits)).weight_bytes)
+    return int(storage.plan_tensor(tflite_op(cls), _tflite_shape(cls, shape), bits=int(bits)).weight_bytes)
 
 
 def _cost_table(sens: Sensitivity, cost) -> dict:
@@ -311,7 +309,7 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, cost="ideal", bin
     if not isinstance(sensitivity, Sensitivity):
         raise TypeError(f"pareto needs the Sensitivity returned by zeroq.sensitivity, got {type(sensitivity).__name__}")
     if model is not None:
-        names = {l.name for l in _graph.quantizable_layers(model)}
+        names = {l.name for l in layers_with(model, "quantizable")}
         unknown = [n for n in sensitivity.layers if n not in names]
         if unknown:
             raise ValueError(f"the sensitivity names layers {unknown} that model {model.name!r} does not have")

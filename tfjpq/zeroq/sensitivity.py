@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfjpq import quantizers
-from tfjpq.zeroq import _graph
+from tfjpq.graph import check_model, layers_with
 
 
 @dataclass
@@ -116,7 +116,7 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
         print(sens)
         sens.kl["conv1"][2] > sens.kl["conv1"][8]    # True
     """
-    _graph.check_functional(model, "zeroq.sensitivity")
+    check_model(model, "known", "zeroq.sensitivity")
     bits = tuple(sorted({int(b) for b in bits}))
     for b in bits:
         quantizers.check_weight_bits(b)
@@ -124,7 +124,7 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
             raise ValueError("sensitivity measures quantized layers; 0 bits (pruning) is not a choice here")
     if len(model.outputs) != 1:
         raise ValueError(f"zeroq.sensitivity supports one-output models; {model.name!r} has {len(model.outputs)}")
-    targets = _graph.quantizable_layers(model)
+    targets = layers_with(model, "quantizable")
     if layers is not None:
         by_name = {l.name: l for l in targets}
         missing = [n for n in layers if n not in by_name]
@@ -149,7 +149,7 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
 
     result = Sensitivity(bits=bits, layers=[l.name for l in targets], num_samples=len(data))
     for layer in targets:
-        var = _graph.kernel_variable(layer)
+        var = layer.kernel
         w = np.asarray(var.numpy(), np.float32)
         result.classes[layer.name] = type(layer).__name__
         result.params[layer.name] = int(w.size)
@@ -157,7 +157,7 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
         result.kl[layer.name] = {}
         try:
             for b in bits:
-                var.assign(_graph.quantize_kernel_np(layer, w, b))
+                var.assign(quantizers.quantize_kernel_np(layer, w, b))
                 result.kl[layer.name][b] = kl_divergence(ref, _as_probs(run(), from_logits))
         finally:
             var.assign(w)

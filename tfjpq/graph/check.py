@@ -1,0 +1,147 @@
+"""The one model check every tfjpq entry point runs first.
+
+``check_model(model, capability, entry)`` accepts a Keras 3 functional (or
+built Sequential) model on the TensorFlow backend whose graph is flat (no
+nested models), whose layers are each called once and return one tensor, and
+whose every layer is a kind :mod:`tfjpq.graph.registry` knows (and, given a
+capability such as ``"croppable"``, a kind that has it). Anything else raises
+:class:`~tfjpq.errors.UnsupportedModelError` naming the layer (or model), its
+class and what to do, the same class and wording from every entry point.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfjpq.errors import UnsupportedModelError
+from tfjpq.graph.registry import kind_of, supported_names
+
+__all__ = ["check_model", "topological_nodes", "single_input_shape", "layers_with"]
+
+
+def check_model(model, capability: str | None = "searchable", entry: str = "tfjpq.wrap") -> keras.Model:
+    """Reject what ``entry`` cannot handle; return the model as a functional model.
+
+    ``capability``: a :class:`~tfjpq.graph.registry.LayerKind` flag every layer's
+    kind must have (``"searchable"``, ``"croppable"``), ``"known"`` for any kind
+    in the registry, or None to check the graph's structure only.
+    """
+    _check_backend()
+    _check_keras3(model)
+    model = _as_functional(model)
+    _check_flat(model)
+    nodes = topological_nodes(model)
+    _check_calls(nodes)
+    if capability is not None:
+        _check_layer_kinds(nodes, capability, entry)
+    return model
+
+
+def topological_nodes(model):
+    """The model's call nodes in execution order (input nodes excluded)."""
+    out = []
+    for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            out.append(node)
+    return out
+
+
+def single_input_shape(model, entry: str) -> tuple:
+    """The one input's shape without the batch axis; every dimension must be known."""
+    if len(model.inputs) != 1:
+        raise UnsupportedModelError(f"{entry} supports models with one input; {model.name!r} has {len(model.inputs)}")
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise UnsupportedModelError(
+            f"{entry} needs a fully defined input shape; {model.name!r} takes {(None,) + shape}. "
+            "Build the model with keras.Input(shape=(H, W, C)) without None dimensions."
+        )
+    return shape
+
+
+def layers_with(model, capability: str) -> list:
+    """The model's layers whose kind has ``capability`` ("quantizable", "scorable", ...), in ``model.layers`` order."""
+    out = []
+    for layer in model.layers:
+        kind = kind_of(layer)
+        if kind is not None and getattr(kind, capability):
+            out.append(layer)
+    return out
+
+
+def _check_backend():
+    if keras.backend.backend() != "tensorflow":
+        raise UnsupportedModelError(
+            f"tfjpq needs the TensorFlow backend of Keras, but KERAS_BACKEND is {keras.backend.backend()!r}. "
+            "Set KERAS_BACKEND=tensorflow before importing keras."
+        )
+
+
+def _check_keras3(model):
+    module = type(model).__module__ or ""
+    if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
+        raise UnsupportedModelError(
+            f"model {getattr(model, 'name', '?')!r} ({type(model).__name__}) is a tf_keras (Keras 2) model; tfjpq "
+            "works on Keras 3 models. Rebuild it with `import keras` (Keras 3), or load its weights into a Keras 3 copy."
+        )
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(
+            f"expected a keras.Model, got {type(model).__name__} ({module}); tfjpq works on Keras 3 models"
+        )
+
+
+def _as_functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise UnsupportedModelError(
+                f"Sequential model {model.name!r} has no input shape yet; start it with keras.Input(shape) "
+                "or call it on data once before using it with tfjpq"
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_nodes_by_depth"):
+        raise UnsupportedModelError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: its graph cannot be read. "
+            "Build it with the functional API (keras.Input ... keras.Model(inputs, outputs)) or as a Sequential."
+        )
+    return model
+
+
+def _check_flat(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({type(layer).__name__}) is a nested model; tfjpq needs a flat graph. "
+                "Rebuild the model so the inner model's layers are called directly."
+            )
+
+
+def _check_calls(nodes):
+    seen = set()
+    for node in nodes:
+        layer = node.operation
+        if id(layer) in seen:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({type(layer).__name__}) is called more than once; shared layers are not "
+                "supported. Give each call its own layer."
+            )
+        seen.add(id(layer))
+        if len(node.outputs) != 1:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({type(layer).__name__}) has {len(node.outputs)} outputs; "
+                "tfjpq supports single-output layers"
+            )
+
+
+def _check_layer_kinds(nodes, capability, entry):
+    for node in nodes:
+        layer = node.operation
+        kind = kind_of(layer)
+        if kind is not None and (capability == "known" or getattr(kind, capability)):
+            continue
+        wanted = None if capability == "known" else capability
+        raise UnsupportedModelError(
+            f"layer {layer.name!r} ({type(layer).__name__}) is not supported by {entry}. Replace it with "
+            f"supported layers: {', '.join(supported_names(wanted))}"
+        )
