@@ -269,7 +269,7 @@ def run_all(args):
     if previous:
         meta["command"] = previous["meta"]["command"] + "` then `" + meta["command"]
         meta["total_s_before"] = previous["meta"].get("total_s", 0) + previous["meta"].get("total_s_before", 0)
-    todo = {k: (v if k in args.methods else []) for k, v in plan(args.quick).items()}
+    todo = {k: (v if k in args.methods else []) for k, v in plan(args.points == "few").items()}
     workdir = tempfile.mkdtemp(prefix="tfjpq-pareto-")
     t_all = time.time()
 
@@ -503,8 +503,8 @@ def markdown(result, figs):
         pts = _points(result["rows"], arch)
         floats = [r["keras_acc"] for r in result["rows"] if r["model"] == arch and r["method"] == "float"]
         lines += [f"### {arch}", "", f"Float start: {100 * np.mean(floats):.1f}% (Keras).", "",
-                  "| method | budget | flash bytes | TFLM accuracy | target error | wall s |",
-                  "|---|---|---:|---|---:|---:|"]
+                  "| method | budget | flash bytes | TFLM accuracy | seeds | target error | wall s |",
+                  "|---|---|---:|---|---:|---:|---:|"]
         order = ["uniform-w8", "uniform-w4", "uniform-w2", "joint-size", "joint-tflm", "l1-w8", "l1-w4",
                  "tfmot-w8", "tfmot-w4"]
         for m in order + sorted(set(pts) - set(order)):
@@ -512,10 +512,10 @@ def markdown(result, figs):
                 b = f"{p['bytes']:,.0f}" + (f" ({p['converter_bytes']:,.0f})" if p["converter_bytes"] else "")
                 te = "" if p["target_error"] is None else f"{100 * p['target_error']:+.1f}%"
                 lines.append(f"| {m} | {p['label']} | {b} | {100 * p['acc']:.1f} ± {100 * p['acc_std']:.1f} | "
-                             f"{te} | {p['wall']:.0f} |")
+                             f"{p['n']} | {te} | {p['wall']:.0f} |")
         fails = [r for r in result["rows"] if r["model"] == arch and r.get("failed")]
         for r in fails:
-            lines.append(f"| {r['method']} | s{r.get('sparsity')} | failed | {r['failed'][:120]} | | |")
+            lines.append(f"| {r['method']} | s{r.get('sparsity')} | failed | {r['failed'][:120]} | | | |")
         t = targets(result["rows"], arch)
         lines += ["", "Targets (mean of seeds; iso-accuracy = within 0.5 points):", ""]
         if "vs_w8" in t:
@@ -580,6 +580,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(RESULTS, "pareto.json"))
     p.add_argument("--md", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--points", choices=("all", "few"), default=None,
+                   help="budgets per method: all (7 joint-size, 3 joint-tflm, 4 L1, 2 tfmot) or few (--quick's)")
     p.add_argument("--cache", default=os.path.join(os.path.dirname(HERE), "build", "pareto_cache"),
                    help="float weights per (model, seed), reused by later runs ('' to retrain)")
     p.add_argument("--append", action="store_true",
@@ -587,6 +589,7 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true", help="only redo RESULTS.md and the plots from --out")
     args = p.parse_args(argv)
     quick = args.quick
+    args.points = args.points or ("few" if quick else "all")
     args.models = args.models or (["ds_cnn"] if quick else ["resnet8", "ds_cnn"])
     args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
     args.float_epochs = args.float_epochs if args.float_epochs is not None else (3 if quick else None)
