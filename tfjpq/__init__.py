@@ -22,6 +22,12 @@ from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
+__all__ = [
+    "wrap", "freeze", "export", "SearchModel", "profile", "summary",
+    "TfjpqError", "UnsupportedModelError", "NotASearchModelError",
+    "datasets", "quantizers", "tflm_cost", "zoo", "budget", "callbacks", "cost", "graph", "zeroq", "precrop",
+]
+
 _SUBMODULES = ("budget", "callbacks", "cost", "graph", "zeroq", "precrop")
 
 

@@ -50,6 +50,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "MPIC_MACS_PER_CYCLE", "LayerTerms", "CostModel", "SizeCost", "BitOpsCost", "MPICCost", "BUILTIN",
+    "register", "registered", "get", "serialize", "layer_terms", "reference_terms", "reference_cost",
+]
+
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
 # MPIC (RISC-V with mixed-precision SIMD), MACs per cycle [activation bits][weight bits].

@@ -48,6 +48,8 @@ from tfjpq import quantizers
 from tfjpq.graph import check_model, layers_with
 from tfjpq.zeroq.sensitivity import Sensitivity
 
+__all__ = ["MAX_BINS", "Plan", "Frontier", "tflm_cost", "uniform_plan", "pareto"]
+
 MAX_BINS = 2 ** 20
 
 
