@@ -82,3 +82,31 @@ def test_custom_cost_model_plugs_in():
     _set(search, "d_wbits", [8] * 5)
     assert float(search.cost()) == pytest.approx(36 * 9 * 2 * 4 + 16 * 9 * 4 * 3 + 48 * 5)
     assert search.cost_model.unit == "MACs"
+
+
+def test_cost_registry_names_builtin_tflm_and_user_costs():
+    from tfjpq.tflm_cost import TFLMCost
+
+    assert {"size", "bitops", "mpic", "tflm"} <= set(cost_lib.registered())
+    assert isinstance(cost_lib.get("tflm"), TFLMCost)
+    assert cost_lib.get("tflm:nucleo-f746zg").board.name == "nucleo-f746zg"
+    with pytest.raises(ValueError, match="unknown cost 'energy'.*'tflm'"):
+        cost_lib.get("energy")
+
+    @cost_lib.register("test_macs")
+    class MACCount(cost_lib.CostModel):
+        name = "test_macs"
+        unit = "MACs"
+
+        def layer_cost(self, t):
+            return t.macs()
+
+    search = tfjpq.wrap(_two_conv(), cost="test_macs")
+    assert isinstance(search.cost_model, MACCount)
+
+
+def test_byte_costs_price_one_kernel():
+    assert cost_lib.get("size").kernel_bytes("conv", (3, 3, 16, 32), 3) == 1728
+    assert cost_lib.get("tflm").kernel_bytes("Conv2D", (3, 3, 16, 32), 4) == 4608 // 2
+    with pytest.raises(NotImplementedError, match="bitops"):
+        cost_lib.get("bitops").kernel_bytes("conv", (3, 3, 16, 32), 4)

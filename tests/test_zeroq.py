@@ -277,6 +277,14 @@ def test_pareto_dp_is_optimal_against_brute_force(seed):
         assert plan.bytes == sum(sens.weight_bytes(n, b) for n, b in plan.bits.items())
 
 
+def test_pareto_takes_the_cost_registry():
+    sens = _fake_sens(0)
+    budget = 2 * sum(sens.weight_bytes(n, 2) for n in sens.layers)
+    assert zeroq.pareto(None, sens, budget, cost="size").bits == zeroq.pareto(None, sens, budget).bits
+    with pytest.raises(ValueError, match="cost must be .*tflm"):
+        zeroq.pareto(None, sens, budget, cost="bitops")  # registered, but not in bytes
+
+
 def test_pareto_coarse_bins_respect_budget_and_beat_uniform():
     sens = _fake_sens(3, n=7)
     u4 = zeroq.uniform_plan(sens, 4)

@@ -16,13 +16,19 @@ all-8-bit model's cost: dimensionless, the same on any model size.
 
 import importlib
 
-from tfjpq import datasets, quantizers, zoo  # noqa: F401
+from tfjpq import datasets, quantizers, tflm_cost, zoo  # noqa: F401  (tflm_cost registers the "tflm" cost)
 from tfjpq.errors import NotASearchModelError, TfjpqError, UnsupportedModelError  # noqa: F401
 from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
-_SUBMODULES = ("budget", "callbacks", "cost", "graph", "tflm_cost", "zeroq", "precrop")
+__all__ = [
+    "wrap", "freeze", "export", "SearchModel", "profile", "summary",
+    "TfjpqError", "UnsupportedModelError", "NotASearchModelError",
+    "datasets", "quantizers", "tflm_cost", "zoo", "budget", "callbacks", "cost", "graph", "zeroq", "precrop",
+]
+
+_SUBMODULES = ("budget", "callbacks", "cost", "graph", "zeroq", "precrop")
 
 
 def __getattr__(name):

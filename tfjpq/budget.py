@@ -41,6 +41,11 @@ import tensorflow as tf
 
 from tfjpq import cost as cost_lib
 
+__all__ = [
+    "RATE", "GAIN", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "selection_cost", "minimum_selection",
+    "minimum_cost", "check_target", "controller_update", "project",
+]
+
 RATE = 0.1  # multiplicative step of the multiplier per training step, per unit of relative gap
 GAIN = 3.0  # proportional term: strength = multiplier * (1 + GAIN * gap)
 MAX_GAP = 0.5  # the relative gap is clipped to +-MAX_GAP in one step

@@ -18,6 +18,8 @@ import numpy as np
 
 from tfjpq.layers import ActivationChoice, PrecisionChoice
 
+__all__ = ["TemperatureDecay", "StrengthWarmup", "SearchLogger"]
+
 
 def _temperatures(model):
     return [layer.temperature for layer in model.layers if isinstance(layer, (PrecisionChoice, ActivationChoice))]

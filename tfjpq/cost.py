@@ -25,8 +25,11 @@ channel per output channel. ``E[a] = sum_a phi_a * a`` is the expected
 activation bit-width of the layer's input (8 where the input is the raw model
 input, which the converter quantizes to int8).
 
-Your own hardware model: subclass :class:`CostModel`, implement
-:meth:`CostModel.layer_cost`, and pass an instance::
+Every cost lives in one registry: :func:`register` a name and ``wrap(cost=NAME)``,
+:func:`get` and ``zeroq.pareto(cost=NAME)`` find it. The ``"tflm"`` cost
+(:mod:`tfjpq.tflm_cost`) registers itself the same way. Your own hardware
+model: subclass :class:`CostModel`, implement :meth:`CostModel.layer_cost`,
+and pass an instance (or register it)::
 
     class EnergyCost(tfjpq.cost.CostModel):
         unit = "pJ"
@@ -35,15 +38,22 @@ Your own hardware model: subclass :class:`CostModel`, implement
             return sum(m * (0.1 * b) for b, m in t.macs_by_bits().items())
 
     search = tfjpq.wrap(model, cost=EnergyCost(), strength=0.05)     # or target=... in pJ
+    tfjpq.cost.register("energy", EnergyCost)                        # then cost="energy"
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+__all__ = [
+    "MPIC_MACS_PER_CYCLE", "LayerTerms", "CostModel", "SizeCost", "BitOpsCost", "MPICCost", "BUILTIN",
+    "register", "registered", "get", "serialize", "layer_terms", "reference_terms", "reference_cost",
+]
 
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
@@ -114,6 +124,11 @@ class CostModel:
     def check(self, weight_bits, act_bits) -> None:
         """Raise ValueError if the cost cannot price these bit-widths."""
 
+    def kernel_bytes(self, kind, shape, bits: int) -> int:
+        """Bytes of one kernel (Keras ``shape``) stored at ``bits``, for byte costs; ``kind`` as a layer kind
+        ("conv") or class name ("Conv2D"). Costs in other units raise ``NotImplementedError``."""
+        raise NotImplementedError(f"the {self.name!r} cost ({self.unit or 'no unit'}) does not price a kernel in bytes")
+
     def total(self, terms) -> tf.Tensor:
         return tf.add_n([tf.cast(self.layer_cost(t), tf.float32) for t in terms])
 
@@ -134,6 +149,10 @@ class SizeCost(CostModel):
 
     def layer_cost(self, t):
         return t.weight_bits_total() / 8.0
+
+    def kernel_bytes(self, kind, shape, bits):
+        """``ceil(weights * bits / 8)``: every bit counted."""
+        return math.ceil(int(np.prod(shape)) * int(bits) / 8)
 
 
 @_register
@@ -181,18 +200,45 @@ class MPICCost(CostModel):
 BUILTIN = {"size": SizeCost, "bitops": BitOpsCost, "mpic": MPICCost}
 
 
+_COSTS: dict = {}  # name -> factory: factory() for "name", factory(arg) for "name:arg"
+
+
+def register(name: str, factory=None):
+    """Make ``get(name)`` (and so ``wrap(cost=name)``, ``zeroq.pareto(cost=name)``) build a cost model.
+
+    ``factory`` is a :class:`CostModel` subclass or any callable returning one;
+    ``"name:arg"`` calls ``factory(arg)``. Works as a decorator::
+
+        @tfjpq.cost.register("energy")
+        class EnergyCost(tfjpq.cost.CostModel): ...
+    """
+    def add(f):
+        _COSTS[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def registered() -> list:
+    """The registered cost names."""
+    return sorted(_COSTS)
+
+
+for _name, _cls in BUILTIN.items():
+    register(_name, _cls)
+
+
 def get(spec) -> CostModel:
-    """A cost model from a name (``"size"``, ``"bitops"``, ``"mpic"``, ``"tflm"``), a config dict, or an instance."""
+    """A cost model from a registered name (``"size"``, ``"bitops"``, ``"mpic"``, ``"tflm"``, ``"tflm:BOARD"``, ...),
+    a config dict, or an instance."""
     if isinstance(spec, CostModel):
         return spec
     if isinstance(spec, str):
-        if spec in BUILTIN:
-            return BUILTIN[spec]()
-        if spec == "tflm" or spec.startswith("tflm:"):
-            from tfjpq.tflm_cost import TFLMCost
-
-            return TFLMCost(board=spec.split(":", 1)[1]) if ":" in spec else TFLMCost()
-        raise ValueError(f"unknown cost {spec!r}; use one of {sorted(BUILTIN) + ['tflm']} or a CostModel instance")
+        name, sep, arg = spec.partition(":")
+        factory = _COSTS.get(name)
+        if factory is None:
+            raise ValueError(f"unknown cost {spec!r}; use one of {registered()} or a CostModel instance")
+        return factory(arg) if sep else factory()
     if isinstance(spec, dict):
         return keras.saving.deserialize_keras_object(spec)
     raise TypeError(f"cost must be a name, a CostModel or its serialized dict, got {type(spec).__name__}")

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+__all__ = ["OFFLINE", "load_digits", "load_mnist5k", "load_tfds", "load"]
+
 OFFLINE = ("digits", "mnist5k")
 
 

@@ -36,6 +36,8 @@ from tfjpq.errors import UnsupportedModelError
 from tfjpq.layers import ActivationChoice, ActivationQuantizer, PrecisionChoice, SearchLinear
 from tfjpq.search import require_search_model
 
+__all__ = ["folded_kernel_and_bias", "quantize_mixed", "SPLIT_MODES", "split_groups", "export"]
+
 
 class _TensorState:
     """An exported tensor and how its channels map to the search model's."""

@@ -27,6 +27,11 @@ import tensorflow as tf
 
 from tfjpq import quantizers
 
+__all__ = [
+    "MODES", "check_mode", "select", "PrecisionChoice", "ActivationChoice", "ActivationQuantizer",
+    "SearchLinear", "SearchConv2D", "SearchDepthwiseConv2D", "SearchDense", "SEARCH_LAYERS",
+]
+
 MODES = ("soft", "hard", "gumbel", "fixed")
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 

@@ -29,6 +29,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "SUPPORTED_WEIGHT_BITS", "SUPPORTED_ACT_BITS", "weight_levels", "check_weight_bits", "check_act_bits",
+    "channel_scales_np", "quantize_weights_np", "quantize_weights", "quantize_activations",
+    "quantize_kernel_np", "distinct_levels_per_channel",
+]
+
 SUPPORTED_WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
 SUPPORTED_ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 

@@ -13,6 +13,11 @@ from tfjpq import cost as cost_lib
 from tfjpq.errors import NotASearchModelError, UnsupportedModelError
 from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, SearchLinear, check_mode
 
+__all__ = [
+    "DEFAULT_STRENGTH", "DEFAULT_ARCH_LR", "SearchModel", "wrap", "require_search_model", "freeze",
+    "live_input_mask",
+]
+
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
 

@@ -31,6 +31,8 @@ from tfjpq import graph
 from tfjpq.layers import SearchLinear
 from tfjpq.search import SearchModel, live_input_mask
 
+__all__ = ["BITS_CANDIDATES", "detect_channel_bits", "Profile", "packed_bytes", "profile", "summary"]
+
 BITS_CANDIDATES = (2, 3, 4, 5, 6, 7, 8)
 
 

@@ -31,6 +31,8 @@ Example::
 
     search = tfjpq.wrap(model, cost=tfjpq.tflm_cost.TFLMCost("nucleo-f746zg", "latency"), strength=0.05)
     search = tfjpq.wrap(model, cost="tflm", target=20_000)        # flash bytes on nano33ble
+
+``TFLMCost`` is registered in :mod:`tfjpq.cost` as ``"tflm"`` (``"tflm:BOARD"`` for another board).
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfjpq.cost import CostModel
-from tfjpq.graph import tflite_op
+from tfjpq.cost import CostModel, register
+from tfjpq.graph import tflite_kernel_shape, tflite_op
+
+__all__ = ["TFLMCost", "OBJECTIVES"]
 
 OBJECTIVES = ("flash", "latency")
 
 
+@register("tflm")
 @keras.saving.register_keras_serializable(package="tfjpq")
 class TFLMCost(CostModel):
     """Flash bytes (default) or estimated latency on a board, following ``tflm_export``."""
@@ -153,6 +158,14 @@ class TFLMCost(CostModel):
 
     def layer_cost(self, t):
         return self._flash(t) if self.objective == "flash" else self._latency(t)
+
+    def kernel_bytes(self, kind, shape, bits):
+        """Bytes ``tflm_export`` stores for one kernel at ``bits`` (int8, INT4 or LUT, by :mod:`tflm_export.storage`)."""
+        from tflm_export import storage
+
+        if self.objective != "flash":
+            return super().kernel_bytes(kind, shape, bits)
+        return int(storage.plan_tensor(tflite_op(kind), tflite_kernel_shape(kind, shape), bits=int(bits)).weight_bytes)
 
     def get_config(self):
         b = self.board

@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+__all__ = ["BN_MOMENTUM", "small_cnn", "resnet8", "ds_cnn", "train"]
+
 BN_MOMENTUM = 0.9
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 from tflm_export.errors import InvalidArgumentError
 
+__all__ = ["KIB", "MIB", "CORES", "Board", "BOARDS", "get_board"]
+
 KIB = 1024
 MIB = 1024 * 1024
 

@@ -36,6 +36,11 @@ import tempfile
 
 from tflm_export.errors import InvalidArgumentError
 
+__all__ = [
+    "resolver_method", "c_identifier", "model_data_h", "model_data_cc", "op_resolver_h", "model_settings_h",
+    "CORTEX_M4_FLAGS", "cross_compile_size", "main",
+]
+
 #: TFLite operator -> MicroMutableOpResolver method, where the CamelCase rule does not give it.
 _SPECIAL = {
     "TFLM_DECODE": "AddDecode",

@@ -14,6 +14,8 @@ from tflm_export.artifact import Artifact, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
 from tflm_export.errors import ConversionError, InvalidArgumentError
 
+__all__ = ["MAX_CALIBRATION_SAMPLES", "keras_to_int8", "convert", "build_report"]
+
 MAX_CALIBRATION_SAMPLES = 300
 
 

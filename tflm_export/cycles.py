@@ -45,6 +45,13 @@ from __future__ import annotations
 
 from tflm_export.errors import InvalidArgumentError
 
+__all__ = [
+    "KERNELS", "OP_OVERHEAD", "INT4_UNPACK", "OUT_CYCLES", "LEGACY_FACTORS", "REFERENCE_FACTOR", "ERROR_BAND",
+    "CORE_FACTORS", "TFLM_CORE_CODE_BYTES", "KERNEL_CODE_BYTES", "DEFAULT_KERNEL_CODE_BYTES", "mac_cycles",
+    "element_cycles", "op_records", "estimate_ops", "estimate", "error_band", "constants",
+    "runtime_code_bytes",
+]
+
 KERNELS = ("cmsis-nn", "cmsis-nn-2020", "reference")
 
 OP_OVERHEAD = 800            # cycles per operator invocation (interpreter dispatch, per-channel setup)

@@ -11,6 +11,8 @@ from tflm_export.artifact import Artifact, dequantize, io_details, quantize
 from tflm_export.boards import Board, get_board
 from tflm_export.errors import DoesNotFit, InvalidArgumentError
 
+__all__ = ["EmulationResult", "emulate"]
+
 
 @dataclass
 class EmulationResult:

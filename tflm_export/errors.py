@@ -13,6 +13,11 @@ Example::
 
 from __future__ import annotations
 
+__all__ = [
+    "TFLMExportError", "InvalidArgumentError", "ConversionError", "PackingError", "CorruptModelError",
+    "UnsupportedOpError", "TFLMRuntimeError", "OutDirExistsError", "DoesNotFit",
+]
+
 
 class TFLMExportError(Exception):
     """Base class of every error tflm_export raises on purpose."""

@@ -25,8 +25,12 @@ import numpy as np
 from tflm_export import schema
 from tflm_export.errors import CorruptModelError, UnsupportedOpError
 
-# Imported lazily-cheap: the generated schema module has no C++ behind it.
-from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as _fb
+_fb = schema.fb()  # the generated schema module has no C++ behind it: cheap to load here
+
+__all__ = [
+    "TFLITE_IDENTIFIER", "DECODE_OP", "TFLM_BUILTIN_OPS", "TFLM_CUSTOM_OPS", "TYPE_BITS", "TensorInfo",
+    "OpInfo", "ModelInfo", "inspect_model", "check_tflm_ops",
+]
 
 TFLITE_IDENTIFIER = b"TFL3"
 DECODE_OP = "TFLM_DECODE"

@@ -46,6 +46,8 @@ import numpy as np
 from tflm_export import schema, storage
 from tflm_export.errors import PackingError
 
+__all__ = ["WeightTensor", "detect_levels", "analyze", "op_name", "plan", "pack_int4", "unpack_int4", "apply"]
+
 _GRID_LEVELS = (1, 3, 7, 15, 31, 63)   # 2, 3, ... 7 bits
 _LEVEL_BITS = {1: 2, 3: 3, 7: 4, 15: 5, 31: 6, 63: 7, 127: 8}
 

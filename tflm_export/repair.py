@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["BIAS_OPS", "RTOL", "fix_bias_scales"]
+
 BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 RTOL = 1e-4
 

@@ -39,6 +39,8 @@ import numpy as np
 from tflm_export import modelinfo
 from tflm_export.errors import TFLMRuntimeError
 
+__all__ = ["TFLMRun", "generous_arena", "run_tflm"]
+
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
 
 

@@ -62,6 +62,16 @@ from dataclasses import dataclass, field
 
 from tflm_export.errors import InvalidArgumentError
 
+__all__ = [
+    "METHODS", "PACK_MODES", "INT4_OPS", "WEIGHT_OPS", "CHANNEL_AXIS", "SHARED_LUT_TABLES",
+    "LUT_HEADER_BYTES", "LUT_MAX_INDEX_BITS", "LUT_GRAPH_BYTES", "LUT_GRAPH_BYTES_UNSTRIPPED",
+    "LUT_GRAPH_BYTES_PER_CHANNEL_UNSTRIPPED", "SPLIT_PART_BYTES", "SPLIT_CONCAT_BYTES", "INT4_MAX_BITS",
+    "BIAS_BYTES_PER_CHANNEL", "ALIGNMENT", "grid_values", "grid_union_values", "index_bits_for", "int8_bytes",
+    "int4_bytes", "lut_bytes", "lut_overhead_bytes", "lut_graph_bytes", "weight_bytes", "bias_bytes",
+    "int4_arena_bytes", "lut_arena_bytes", "aligned", "TensorPlan", "plan_tensor", "split_overhead_bytes",
+    "layer_bytes",
+]
+
 METHODS = ("int8", "int4", "lut")
 PACK_MODES = ("auto",) + METHODS
 

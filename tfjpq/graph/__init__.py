@@ -27,12 +27,13 @@ from tfjpq.graph.registry import (
     layer_kind,
     supported_names,
     supports,
+    tflite_kernel_shape,
     tflite_op,
 )
 
 __all__ = [
     "analyze", "Analysis", "ChannelWalk", "Group", "Layout", "LinearInfo", "check_model", "topological_nodes", "single_input_shape", "layers_with",
-    "KINDS", "LayerKind", "kind_of", "layer_kind", "supports", "tflite_op", "kernel_channel_axis",
+    "KINDS", "LayerKind", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "kernel_channel_axis",
     "supported_names", "activation_name", "WEIGHTED", "ZERO_PRESERVING_ACTIVATIONS", "NONNEGATIVE_ACTIVATIONS",
     "OTHER_ACTIVATIONS",
 ]

@@ -22,7 +22,7 @@ import dataclasses
 import keras
 
 __all__ = [
-    "LayerKind", "KINDS", "kind_of", "layer_kind", "supports", "tflite_op", "kernel_channel_axis",
+    "LayerKind", "KINDS", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "kernel_channel_axis",
     "supported_names", "activation_name", "ZERO_PRESERVING_ACTIVATIONS", "NONNEGATIVE_ACTIVATIONS",
     "OTHER_ACTIVATIONS", "WEIGHTED",
 ]
@@ -137,6 +137,23 @@ def tflite_op(kind) -> str:
     if op is None:
         raise KeyError(f"layer kind {name!r} has no TFLite weight op")
     return op
+
+
+def tflite_kernel_shape(kind, shape) -> tuple:
+    """A Keras kernel shape as the TFLite flatbuffer stores it (OHWI for conv, 1HWO for depthwise, OI for Dense).
+
+    ``kind`` as for :func:`tflite_op`.
+    """
+    op = tflite_op(kind)
+    if op == "CONV_2D" and len(shape) == 4:
+        kh, kw, cin, cout = shape
+        return (cout, kh, kw, cin)
+    if op == "DEPTHWISE_CONV_2D" and len(shape) == 4:
+        kh, kw, cin, mult = shape
+        return (1, kh, kw, cin * mult)
+    if op == "FULLY_CONNECTED":
+        return (shape[1], shape[0])
+    raise KeyError(f"no TFLite kernel layout for layer kind {kind!r} with kernel shape {tuple(shape)}")
 
 
 def kernel_channel_axis(layer) -> int:

@@ -20,6 +20,8 @@ import numpy as np
 
 from tfjpq.precrop import saliency
 
+__all__ = ["densities_from_masks", "densities"]
+
 
 def densities_from_masks(masks: dict) -> dict:
     """``{layer: kept fraction}`` of boolean or 0/1 masks.

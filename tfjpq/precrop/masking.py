@@ -27,6 +27,8 @@ import numpy as np
 
 from tfjpq.precrop.saliency import scored_layers
 
+__all__ = ["MaskConstraint", "apply_masks", "kept_fraction", "nonzero_params"]
+
 
 @keras.saving.register_keras_serializable(package="tfjpq")
 class MaskConstraint(keras.constraints.Constraint):

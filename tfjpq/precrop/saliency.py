@@ -43,6 +43,8 @@ import tensorflow as tf
 from tfjpq.errors import UnsupportedModelError
 from tfjpq.graph import KINDS, check_model, kind_of
 
+__all__ = ["METHODS", "SCORED_LAYERS", "scored_layers", "scores", "global_top", "masks"]
+
 METHODS = ("snip", "grasp", "synflow")
 
 # Layers whose kernel is scored (and, for the unstructured baseline, masked): the registry's scorable kinds.

@@ -25,6 +25,8 @@ import tensorflow as tf
 
 from tfjpq.graph import check_model, layer_kind, single_input_shape, topological_nodes
 
+__all__ = ["bn_loss", "distill"]
+
 _EPS = 1e-6
 
 

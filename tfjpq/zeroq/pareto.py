@@ -6,8 +6,11 @@ assumed additive as in the paper) subject to ``sum_i bytes_i(b_i) <= budget``,
 where ``bytes_i(b)`` is the kernel's storage at ``b`` bits (biases and
 per-channel scales are the same for every plan and not counted). Two costs:
 
-* ``cost="ideal"`` (default): ``ceil(params_i * b / 8)``, every bit counted.
-* ``cost="tflm"``: the bytes ``tflm_export.convert`` really stores for the
+The costs come from the registry of :mod:`tfjpq.cost` (any cost model
+with ``kernel_bytes``, so in bytes):
+
+* ``cost="ideal"`` (default; the ``"size"`` cost): ``ceil(params_i * b / 8)``, every bit counted.
+* ``cost="tflm"`` (``"tflm:BOARD"`` alike): the bytes ``tflm_export.convert`` really stores for the
   tensor, from :func:`tflm_export.storage.plan_tensor` (int8 for 5-8 bits,
   INT4 for conv / depthwise at <= 4 bits, LUT compression where it is smaller,
   e.g. Dense below 8 bits, or conv at 2-3 bits when the tables pay off). A LUT
@@ -40,9 +43,12 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from tfjpq import cost as cost_lib
 from tfjpq import quantizers
-from tfjpq.graph import check_model, layers_with, tflite_op
+from tfjpq.graph import check_model, layers_with
 from tfjpq.zeroq.sensitivity import Sensitivity
+
+__all__ = ["MAX_BINS", "Plan", "Frontier", "tflm_cost", "uniform_plan", "pareto"]
 
 MAX_BINS = 2 ** 20
 
@@ -181,40 +187,38 @@ def _save(fig, path):
     return fig
 
 
-def _tflite_shape(cls: str, shape: tuple) -> tuple:
-    """The Keras kernel shape as the flatbuffer stores it (OHWI, 1HWO, OI)."""
-    if cls == "Conv2D":
-        kh, kw, cin, cout = shape
-        return (cout, kh, kw, cin)
-    if cls == "DepthwiseConv2D":
-        kh, kw, cin, mult = shape
-        return (1, kh, kw, cin * mult)
-    if cls == "Dense":
-        return (shape[1], shape[0])
-    raise ValueError(f"no TFLite storage rule for layer class {cls}")
-
-
 def tflm_cost(name: str, cls: str, shape: tuple, bits: int) -> int:
-    """Bytes ``tflm_export`` stores for this kernel at ``bits`` (see :mod:`tflm_export.storage`)."""
-    try:
-        from tflm_export import storage
-    except ImportError as e:  # pragma: no cover - same distribution
-        raise ImportError("cost='tflm' needs the tflm_export package (shipped with tfjpq)") from e
-    return int(storage.plan_tensor(tflite_op(cls), _tflite_shape(cls, shape), bits=int(bits)).weight_bytes)
+    """Bytes ``tflm_export`` stores for this kernel at ``bits`` (the registered ``"tflm"`` cost's ``kernel_bytes``)."""
+    return cost_lib.get("tflm").kernel_bytes(cls, tuple(shape), bits)
+
+
+def _byte_cost(cost):
+    """``cost(name, class_name, shape, bits) -> bytes`` for a registered byte cost, a CostModel or a callable."""
+    if isinstance(cost, str) or isinstance(cost, cost_lib.CostModel):
+        try:
+            model = cost_lib.get("size" if cost == "ideal" else cost)
+        except ValueError:
+            model = None
+        if model is not None and type(model).kernel_bytes is not cost_lib.CostModel.kernel_bytes:
+            return lambda name, cls, shape, bits: model.kernel_bytes(cls, tuple(shape), bits)
+    elif callable(cost):
+        return cost
+    raise ValueError(f"cost must be 'ideal' (= 'size'), a registered cost in bytes ({', '.join(_byte_costs())}), "
+                     f"a CostModel with kernel_bytes, or a callable(name, class, shape, bits); got {cost!r}")
+
+
+def _byte_costs():
+    return [n for n in cost_lib.registered()
+            if type(cost_lib.get(n)).kernel_bytes is not cost_lib.CostModel.kernel_bytes]
 
 
 def _cost_table(sens: Sensitivity, cost) -> dict:
-    """``{layer: {bits: bytes}}`` under ``cost`` ("ideal", "tflm" or a callable)."""
-    if cost == "ideal":
+    """``{layer: {bits: bytes}}`` under ``cost`` (see :func:`pareto`)."""
+    if cost in ("ideal", "size"):
         return {n: {b: sens.weight_bytes(n, b) for b in sens.bits} for n in sens.layers}
-    if cost == "tflm":
-        fn = tflm_cost
-    elif callable(cost):
-        fn = cost
-    else:
-        raise ValueError(f"cost must be 'ideal', 'tflm' or a callable(name, class, shape, bits), got {cost!r}")
-    if cost == "tflm" and not sens.shapes:
-        raise ValueError("cost='tflm' needs the kernel shapes; measure the sensitivity with zeroq.sensitivity")
+    fn = _byte_cost(cost)
+    if not callable(cost) and not sens.shapes:
+        raise ValueError(f"cost={cost!r} needs the kernel shapes; measure the sensitivity with zeroq.sensitivity")
     table = {}
     for n in sens.layers:
         table[n] = {}
@@ -283,8 +287,9 @@ def pareto(model, sensitivity: Sensitivity, budget_bytes=None, cost="ideal", bin
         sensitivity: a :class:`Sensitivity` from :func:`tfjpq.zeroq.sensitivity`.
         budget_bytes: kernel bytes allowed, under ``cost``. ``None`` returns
             the whole frontier.
-        cost: ``"ideal"`` (``ceil(params * bits / 8)``), ``"tflm"`` (what
-            tflm_export stores: int8 / INT4 / LUT) or a callable
+        cost: ``"ideal"`` / ``"size"`` (``ceil(params * bits / 8)``), ``"tflm"``
+            (what tflm_export stores: int8 / INT4 / LUT), another registered
+            byte cost of :mod:`tfjpq.cost`, a ``CostModel`` instance, or a callable
             ``(name, class_name, kernel_shape, bits) -> bytes``.
         bin_bytes: DP size bin in bytes (see the module docs for the default
             and the rounding: costs up, budget down, so budgets always hold).

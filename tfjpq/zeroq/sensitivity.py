@@ -22,6 +22,8 @@ import tensorflow as tf
 from tfjpq import quantizers
 from tfjpq.graph import check_model, layers_with
 
+__all__ = ["Sensitivity", "kl_divergence", "sensitivity"]
+
 
 @dataclass
 class Sensitivity:

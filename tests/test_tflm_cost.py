@@ -1,4 +1,4 @@
-"""The full path: search model -> freeze -> export -> tflm_export.convert / emulate, and the TFLM cost."""
+"""tfjpq.tflm_cost and the full path: search model -> freeze -> export -> tflm_export.convert / emulate, and the TFLM cost."""
 
 import keras
 import numpy as np

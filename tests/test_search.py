@@ -1,4 +1,4 @@
-"""wrap: structure of the search model, shared choices, and every rejected input."""
+"""tfjpq.search.wrap: structure of the search model, shared choices, and every rejected input."""
 
 import keras
 import numpy as np

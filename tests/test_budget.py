@@ -1,4 +1,4 @@
-"""Budget mode: wrap(target=...) lands on the budget; hard cost, projection, errors, saved controller state."""
+"""tfjpq.budget, budget mode: wrap(target=...) lands on the budget; hard cost, projection, errors, saved controller state."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""One model check: every entry point rejects the same bad models with one error class, naming the layer."""
+"""tfjpq.graph.check, the bad-models test: every entry point rejects the same bad models with one error class."""
 
 import keras
 import numpy as np
