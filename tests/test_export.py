@@ -74,6 +74,14 @@ def test_export_equals_frozen_with_mixed_precisions_and_pruning(name, digits):
     assert "BatchNormalization" not in kinds
     # the exported parameters are exactly the kept ones
     assert tfjpq.profile(deploy).totals["params"] == tfjpq.profile(frozen).totals["params"]
+    # the recorded bit-widths are those of the frozen choices, and the weights lie on them
+    assert set(deploy.channel_bits) <= {layer.name for layer in deploy.layers}
+    for layer_name, bits in deploy.channel_bits.items():
+        kernel = deploy.get_layer(layer_name).get_weights()[0]
+        axis = tfjpq.graph.kernel_channel_axis(deploy.get_layer(layer_name))
+        assert np.all(detect_channel_bits(kernel, axis) <= np.array(bits))
+    assert tfjpq.profile(deploy).totals["bits_histogram"] == {
+        b: n for b, n in tfjpq.profile(frozen).totals["bits_histogram"].items() if b != 0}
 
 
 def test_pruned_channels_are_removed_and_groups_are_on_their_grids(trained_small_cnn, digits):

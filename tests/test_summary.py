@@ -55,3 +55,11 @@ def test_profile_rejects_a_subclassed_model():
 
     with pytest.raises(UnsupportedModelError, match="subclassed"):
         tfjpq.profile(Sub())
+
+
+def test_summary_reads_the_bits_a_model_records():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, layers.Dense(3, name="d")(inp))  # float weights: detected as 8 bits
+    assert tfjpq.profile(model).rows[0]["bits_histogram"] == {8: 3}
+    model.channel_bits = {"d": (2, 4, 4)}
+    assert tfjpq.profile(model).rows[0]["bits_histogram"] == {2: 1, 4: 2}

@@ -324,6 +324,7 @@ def test_plan_apply_gives_planned_grids(trained, distilled):
     plan.bits = {"conv1": 8, "conv2": 2, "logits": 4}  # a mixed plan, whatever the DP chose
     deploy = plan.apply(trained)
     assert deploy is not trained
+    assert deploy.channel_bits == {n: (b,) * deploy.get_layer(n).kernel.shape[-1] for n, b in plan.bits.items()}
     for name, b in plan.bits.items():
         w = deploy.get_layer(name).kernel.numpy()
         levels = quantizers.distinct_levels_per_channel(w)
@@ -340,8 +341,10 @@ def test_plan_apply_gives_planned_grids(trained, distilled):
 def test_plan_apply_depthwise_grid():
     model = zoo.ds_cnn(input_shape=(8, 8, 1), width=8, blocks=1)
     plan = zeroq.Plan(bits={"dw0": 2, "pw0": 4}, bytes=0, sensitivity=0.0)
-    w = plan.apply(model).get_layer("dw0").kernel.numpy()  # (3, 3, 8, 1)
+    deploy = plan.apply(model)
+    w = deploy.get_layer("dw0").kernel.numpy()  # (3, 3, 8, 1)
     assert quantizers.distinct_levels_per_channel(w, channel_axis=2).max() <= 3
+    assert deploy.channel_bits["dw0"] == (2,) * 8
 
 
 def test_pareto_costs_tflm_and_callable(trained, distilled):

@@ -93,9 +93,6 @@ def _plain_config(layer: SearchLinear, name, out_channels, activation=None):
     return cfg
 
 
-_PLAIN = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D, "dense": keras.layers.Dense}
-
-
 SPLIT_MODES = ("auto", "always", "never")
 
 
@@ -136,7 +133,8 @@ def split_groups(model, split: str = "auto") -> dict:
     return decision
 
 
-def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, activation=None) -> _TensorState:
+def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, activation, record: dict) -> _TensorState:
+    """The plain layer(s) for one search layer; ``record`` gets each new layer's per-channel bits."""
     w, b = folded_kernel_and_bias(layer)
     if layer.kind == "depthwise":
         order = x.cmap
@@ -145,6 +143,7 @@ def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, acti
         new = keras.layers.DepthwiseConv2D.from_config(_plain_config(layer, layer.name, len(order), activation))
         y = new(x.tensor)
         new.set_weights([w, b[order]])
+        record[new.name] = tuple(int(v) for v in sel_bits[order])
         return _TensorState(y, order, layer.out_channels)
 
     if layer.kind == "dense":
@@ -157,16 +156,19 @@ def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, acti
         parts, order = [], []
         for bits in kept_bits:
             idx = np.where(sel_bits == bits)[0]
-            sub = _PLAIN[layer.kind].from_config(_plain_config(layer, f"{layer.name}__w{bits}", len(idx), activation))
+            config = _plain_config(layer, f"{layer.name}__w{bits}", len(idx), activation)
+            sub = graph.keras_class(layer.kind).from_config(config)
             parts.append(sub(x.tensor))
             sub.set_weights([quantizers.quantize_weights_np(w[..., idx], bits), b[idx]])
+            record[sub.name] = (bits,) * len(idx)
             order.extend(idx.tolist())
         y = keras.layers.Concatenate(axis=-1, name=f"{layer.name}__concat")(parts)
         return _TensorState(y, order, layer.out_channels)
     order = np.where(sel_bits != 0)[0]
-    new = _PLAIN[layer.kind].from_config(_plain_config(layer, layer.name, len(order), activation))
+    new = graph.keras_class(layer.kind).from_config(_plain_config(layer, layer.name, len(order), activation))
     y = new(x.tensor)
     new.set_weights([quantize_mixed(w[..., order], sel_bits[order], channel_axis=-1), b[order]])
+    record[new.name] = tuple(int(v) for v in sel_bits[order])
     return _TensorState(y, order, layer.out_channels)
 
 
@@ -182,9 +184,16 @@ def export(model, name=None, split="auto") -> keras.Model:
     200 bytes each), ``"always"``, or ``"never"`` (one tensor stored at its
     widest precision).
 
+    The result records each layer's per-output-channel bit-widths in
+    ``deploy.channel_bits`` (``{layer name: (bits, ...)}``), where
+    ``tflm_export.convert`` and ``tfjpq.summary`` read them instead of
+    detecting grids from the values. The record is not saved with the model:
+    a reloaded model is a plain model, whose grids are detected again.
+
     Example::
 
         deploy = tfjpq.export(tfjpq.freeze(search))
+        deploy.channel_bits["conv1"]      # (4, 4, 8, ...)
         deploy.save("deploy.keras")
     """
     require_search_model(model, "tfjpq.export")
@@ -204,6 +213,7 @@ def export(model, name=None, split="auto") -> keras.Model:
         c = int(old.shape[-1])
         states[id(old)] = _TensorState(new, np.arange(c), c)
 
+    channel_bits = {}  # exported layer name -> per-output-channel bits, recorded on the result
     nodes = graph.topological_nodes(model)
     fused = _fusable_activations(nodes)
     fused_ids = {id(n) for n in fused.values()}
@@ -217,7 +227,7 @@ def export(model, name=None, split="auto") -> keras.Model:
             choice = choices[layer.group]
             act_node = fused.get(layer.name)
             activation = _activation_of(act_node.operation) if act_node is not None else None
-            st = _export_linear(layer, selected[layer.group], splits[layer.group], ins[0], activation)
+            st = _export_linear(layer, selected[layer.group], splits[layer.group], ins[0], activation, channel_bits)
             states[id(out)] = st
             if act_node is not None:
                 states[id(act_node.outputs[0])] = st
@@ -238,8 +248,12 @@ def export(model, name=None, split="auto") -> keras.Model:
         if not np.array_equal(st.cmap, np.arange(st.old_channels)):
             raise AssertionError(f"output {t.name} lost its channel order in export")  # groups reaching outputs never reorder
         outputs.append(st.tensor)
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
-                       name=name or model.name.replace("_search", "") + "_deploy")
+    deploy = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                         name=name or model.name.replace("_search", "") + "_deploy")
+    from tflm_export.packing import CHANNEL_BITS_ATTR
+
+    setattr(deploy, CHANNEL_BITS_ATTR, channel_bits)
+    return deploy
 
 
 def _activation_of(layer):

@@ -1,7 +1,8 @@
 """``profile`` and ``summary``: channels kept, bit-widths, weight bytes and MACs per layer.
 
 Works on search models (the current argmax choices: what ``freeze`` would
-fix), frozen models, exported models and any plain Keras model. For plain
+fix), frozen models, exported models (the bit-widths ``tfjpq.export``
+recorded in ``model.channel_bits``) and any plain Keras model. For plain
 models each output channel's precision is read from its weights: the smallest
 bit-width whose symmetric grid holds them; float weights count as 8 bits (what
 int8 conversion stores). An all-zero channel of a plain model (a mask, not a
@@ -150,6 +151,9 @@ def _search_rows(model):
 
 
 def _plain_rows(model):
+    from tflm_export.packing import recorded_channel_bits
+
+    recorded = recorded_channel_bits(model)  # what tfjpq.export recorded; detected from the values otherwise
     model = graph.check_model(model, None, "tfjpq.summary")
     rows = []
     for node in graph.topological_nodes(model):
@@ -160,7 +164,10 @@ def _plain_rows(model):
         w = layer.get_weights()[0]
         out_shape = node.outputs[0].shape
         pixels = int(np.prod([int(d) for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
-        bits = detect_channel_bits(w, graph.kernel_channel_axis(layer))
+        if layer.name in recorded:
+            bits = np.array(recorded[layer.name], dtype=np.int64)
+        else:
+            bits = detect_channel_bits(w, graph.kernel_channel_axis(layer))
         bits[bits == 0] = 2  # an all-zero channel (a mask, not a removal) is still stored and computed
         taps = int(np.prod(w.shape[:2])) if kind != "dense" else 1
         cin = int(w.shape[-2]) if kind != "depthwise" else 1

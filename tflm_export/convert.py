@@ -123,7 +123,8 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
 
     Args:
         model: a built Keras 3 model, e.g. the output of ``tfjpq.export`` (weights per output channel
-            on a symmetric narrow-range grid) or any plain model.
+            on a symmetric narrow-range grid, whose bit-widths it records in ``model.channel_bits``)
+            or any plain model (whose grids are detected from the int8 values).
         representative_data: calibration inputs, an array ``(N, ...)`` (a list of arrays for several
             inputs) or a callable returning an iterable of samples. ``None`` calibrates on random data
             (with a warning).
@@ -161,7 +162,7 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
     if check_tflm:
         modelinfo.check_tflm_ops(base_info)
 
-    weights = packing.analyze(int8_bytes, layer_names, weight_bits)
+    weights = packing.analyze(int8_bytes, layer_names, weight_bits, packing.recorded_channel_bits(model))
     plans = packing.plan(weights, pack, strip=strip)
     packed, notes = packing.apply(int8_bytes, weights, plans)
     plain = lean.strip(int8_bytes) if strip else int8_bytes

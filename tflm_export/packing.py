@@ -46,9 +46,13 @@ import numpy as np
 from tflm_export import schema, storage
 from tflm_export.errors import PackingError
 
-__all__ = ["WeightTensor", "detect_levels", "analyze", "op_name", "plan", "pack_int4", "unpack_int4", "apply"]
+__all__ = ["CHANNEL_BITS_ATTR", "WeightTensor", "detect_levels", "recorded_channel_bits", "analyze", "op_name", "plan",
+           "pack_int4", "unpack_int4", "apply"]
 
 _GRID_LEVELS = (1, 3, 7, 15, 31, 63)   # 2, 3, ... 7 bits
+_BITS_LEVEL = {b: 2 ** (b - 1) - 1 for b in range(2, 9)}  # bits -> grid levels n (8 bits: 127)
+#: The model attribute holding ``{layer name: per-output-channel bits}``, written by ``tfjpq.export``.
+CHANNEL_BITS_ATTR = "channel_bits"
 _LEVEL_BITS = {1: 2, 3: 3, 7: 4, 15: 5, 31: 6, 63: 7, 127: 8}
 
 
@@ -127,12 +131,20 @@ def _layer_for(names, layer_names):
     return best
 
 
-def analyze(model_bytes: bytes, layer_names=(), weight_bits=None) -> list:
-    """Find the packable weight tensors of an int8 flatbuffer and detect their per-channel grids.
+def recorded_channel_bits(model) -> dict:
+    """``{layer name: per-output-channel bits}`` the model carries (``tfjpq.export`` records them), else ``{}``."""
+    return {name: tuple(int(b) for b in bits) for name, bits in dict(getattr(model, CHANNEL_BITS_ATTR, None) or {}).items()}
+
+
+def analyze(model_bytes: bytes, layer_names=(), weight_bits=None, channel_bits=None) -> list:
+    """Find the packable weight tensors of an int8 flatbuffer and their per-channel grids.
 
     Args:
         layer_names: Keras layer names, to label tensors (and to resolve ``weight_bits``).
-        weight_bits: optional ``{layer_name: bits}`` override of the detected grid.
+        weight_bits: optional ``{layer_name: bits}`` override of the grid.
+        channel_bits: optional ``{layer_name: per-output-channel bits}`` recorded at export
+            (:func:`recorded_channel_bits`); layers without a record get their grids
+            detected from the int8 values.
     """
     me = _editor()
     model = me.read(model_bytes)
@@ -157,11 +169,14 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None) -> list:
             continue
         arr = t.array
         per_channel = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
-        levels = np.array([detect_levels(c) for c in per_channel])
+        layer = _layer_for([t.name, op.outputs[0].name if op.outputs else ""], layer_names)
+        recorded = (channel_bits or {}).get(layer)
+        if recorded is not None and len(recorded) == len(per_channel):
+            levels = np.array([_BITS_LEVEL[int(b)] if c.any() else 0 for c, b in zip(per_channel, recorded)])
+        else:
+            levels = np.array([detect_levels(c) for c in per_channel])
         distinct = np.array([len(np.unique(c)) for c in per_channel])
         bias = op.inputs[2] if len(op.inputs) > 2 else None
-        out_name = op.outputs[0].name if op.outputs else ""
-        layer = _layer_for([t.name, out_name], layer_names)
         wt = WeightTensor(t.index, t.name or f"tensor{t.index}", fbname, oi, layer, tuple(int(s) for s in t.shape),
                           axis, levels, distinct, None if bias is None else bias.index,
                           tensor_distinct=int(np.unique(arr).size))

@@ -22,6 +22,7 @@ from tfjpq.graph.registry import (
     ZERO_PRESERVING_ACTIVATIONS,
     LayerKind,
     activation_name,
+    keras_class,
     kernel_channel_axis,
     kind_of,
     layer_kind,
@@ -33,7 +34,7 @@ from tfjpq.graph.registry import (
 
 __all__ = [
     "analyze", "Analysis", "ChannelWalk", "Group", "Layout", "LinearInfo", "check_model", "topological_nodes", "single_input_shape", "layers_with",
-    "KINDS", "LayerKind", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "kernel_channel_axis",
+    "KINDS", "LayerKind", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "keras_class", "kernel_channel_axis",
     "supported_names", "activation_name", "WEIGHTED", "ZERO_PRESERVING_ACTIVATIONS", "NONNEGATIVE_ACTIVATIONS",
     "OTHER_ACTIVATIONS",
 ]

@@ -22,7 +22,7 @@ import dataclasses
 import keras
 
 __all__ = [
-    "LayerKind", "KINDS", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "kernel_channel_axis",
+    "LayerKind", "KINDS", "kind_of", "layer_kind", "supports", "tflite_op", "tflite_kernel_shape", "keras_class", "kernel_channel_axis",
     "supported_names", "activation_name", "ZERO_PRESERVING_ACTIVATIONS", "NONNEGATIVE_ACTIVATIONS",
     "OTHER_ACTIVATIONS", "WEIGHTED",
 ]
@@ -154,6 +154,11 @@ def tflite_kernel_shape(kind, shape) -> tuple:
     if op == "FULLY_CONNECTED":
         return (shape[1], shape[0])
     raise KeyError(f"no TFLite kernel layout for layer kind {kind!r} with kernel shape {tuple(shape)}")
+
+
+def keras_class(kind: str):
+    """The Keras class a kind is rebuilt as (its first class), e.g. ``keras.layers.Conv2D`` for "conv"."""
+    return _BY_NAME[kind].classes[0]
 
 
 def kernel_channel_axis(layer) -> int:

@@ -45,7 +45,7 @@ import numpy as np
 
 from tfjpq import cost as cost_lib
 from tfjpq import quantizers
-from tfjpq.graph import check_model, layers_with
+from tfjpq.graph import check_model, layer_kind, layers_with
 from tfjpq.zeroq.sensitivity import Sensitivity
 
 __all__ = ["MAX_BINS", "Plan", "Frontier", "tflm_cost", "uniform_plan", "pareto"]
@@ -75,8 +75,9 @@ class Plan:
         """A clone of ``model`` whose planned kernels are fake-quantized per output channel.
 
         The clone holds float weights that lie on the planned grids (at most
-        ``2**b - 1`` distinct values per output channel), so
-        ``tflm_export.convert`` detects and packs each layer at its width. BN
+        ``2**b - 1`` distinct values per output channel) and records the
+        planned widths in ``clone.channel_bits``, so ``tflm_export.convert``
+        packs each layer at its width. BN
         layers stay; folding them later scales whole channels, which keeps
         every channel's grid (symmetric per-channel quantization commutes with
         a per-channel scale).
@@ -95,12 +96,18 @@ class Plan:
                              f"{model.name!r}; was the plan made for another model?")
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
+        recorded = {}  # the planned bits per output channel, read by tflm_export.convert and tfjpq.summary
         for name, b in self.bits.items():
             src, dst = by_name[name], clone.get_layer(name)
             w = np.asarray(src.kernel.numpy(), np.float32)
             if tuple(dst.kernel.shape) != w.shape:
                 raise ValueError(f"layer {name!r}: kernel shape {w.shape} changed in the clone")
             dst.kernel.assign(quantizers.quantize_kernel_np(src, w, b))
+            channels = w.shape[2] * w.shape[3] if layer_kind(src) == "depthwise" else w.shape[-1]
+            recorded[name] = (int(b),) * int(channels)
+        from tflm_export.packing import CHANNEL_BITS_ATTR
+
+        setattr(clone, CHANNEL_BITS_ATTR, recorded)
         return clone
 
     def to_dict(self):
