@@ -351,6 +351,17 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
         plan.groups                    # [['block1_conv2', 'stem'], ...]: joined by Adds
     """
     model = _checked(model)
+    _check_plan_arguments(densities, width_multipliers, match, target_params, min_channels)
+    g = _analyse(model)
+    roots = sorted({g.find(s) for s in g.source_group.values()} - g.fixed_roots)
+    if width_multipliers is not None:
+        widths = _widths_from_multipliers_given(g, roots, width_multipliers, min_channels)
+    else:
+        widths = _widths_from_densities(g, roots, densities, match, target_params, min_channels)
+    return _make_plan(g, widths)
+
+
+def _check_plan_arguments(densities, width_multipliers, match, target_params, min_channels):
     if (densities is None) == (width_multipliers is None):
         raise ValueError("give exactly one of densities (per-layer kept fractions, or one number) "
                          "and width_multipliers (per-layer output width ratios, or one number)")
@@ -363,67 +374,67 @@ def crop_plan(model, densities=None, *, width_multipliers=None, match: str | Non
             raise ValueError(f"target_params must be a positive integer; got {target_params!r}")
     if isinstance(min_channels, bool) or not isinstance(min_channels, (int, np.integer)) or min_channels < 1:
         raise ValueError(f"min_channels must be a positive integer; got {min_channels!r}")
-    g = _analyse(model)
-    roots = sorted({g.find(s) for s in g.source_group.values()} - g.fixed_roots)
-    scored = [n for n, i in g.info.items() if i.kind in ("source", "depthwise")]
 
-    if width_multipliers is not None:
-        if isinstance(width_multipliers, (int, float, np.floating)) and not isinstance(width_multipliers, bool):
-            mults = {n: float(width_multipliers) for n in g.source_group if not g.is_fixed(g.source_group[n])}
-        elif isinstance(width_multipliers, dict):
-            mults = dict(width_multipliers)
-        else:
-            raise TypeError(f"width_multipliers must be a number or a dict; got {type(width_multipliers).__name__}")
-        _check_names(g, mults, "width_multipliers")
-        per_root = {}
-        for name, m in mults.items():
-            if not isinstance(m, (int, float, np.floating)) or not 0 < m <= 1:
-                raise ValueError(f"width multiplier of {name!r} must be in (0, 1]; got {m!r}")
-            if g.info[name].kind == "depthwise":
-                if m != 1:
-                    raise ValueError(f"layer {name!r} is a depthwise convolution: its channels follow its input, "
-                                     "so it takes no width multiplier of its own (set the producer's)")
-                continue
-            r = g.find(g.source_group[name])
-            if r in g.fixed_roots:
-                if m != 1:
-                    raise ValueError(f"layer {name!r} feeds a model output (or is joined with the input), so its "
-                                     f"width is fixed; it cannot take width multiplier {m}")
-                continue
-            prev = per_root.get(r)
-            if prev is not None and prev[1] != m:
-                raise ValueError(
-                    f"layers {prev[0]!r} and {name!r} are joined (e.g. by an Add) and must keep equal widths, "
-                    f"but got width multipliers {prev[1]} and {m}; give them the same value"
-                )
-            per_root[r] = (name, float(m))
-        a = np.asarray([per_root.get(r, (None, 1.0))[1] for r in roots])
-        widths = _widths_from_multipliers(g, roots, a, min_channels)
+
+def _widths_from_multipliers_given(g, roots, width_multipliers, min_channels):
+    """Root widths from per-layer output width ratios (one per joined group)."""
+    if isinstance(width_multipliers, (int, float, np.floating)) and not isinstance(width_multipliers, bool):
+        mults = {n: float(width_multipliers) for n in g.source_group if not g.is_fixed(g.source_group[n])}
+    elif isinstance(width_multipliers, dict):
+        mults = dict(width_multipliers)
     else:
-        if isinstance(densities, (int, float, np.floating)) and not isinstance(densities, bool):
-            dens = {n: float(densities) for n in scored}
-        elif isinstance(densities, dict):
-            dens = dict(densities)
-        else:
-            raise TypeError(f"densities must be a number or a dict; got {type(densities).__name__}")
-        _check_names(g, dens, "densities")
-        for name, d in dens.items():
-            if not isinstance(d, (int, float, np.floating)) or isinstance(d, bool) or not 0 <= d <= 1:
-                raise ValueError(f"density of {name!r} must be in [0, 1]; got {d!r}")
-        log_a = _solve_log_multipliers(g, roots, dens)
-        sizes = {n: _layer_kernel(g, g.info[n]) for n in scored}
-        kept = sum(dens.get(n, 1.0) * sizes[n] for n in scored)
-        if target_params is not None:
-            widths = _match(g, roots, log_a, int(target_params), lambda w: _total(g, w), min_channels)
-        elif match is None:
-            widths = _widths_from_multipliers(g, roots, np.exp(log_a), min_channels)
-        elif match == "kernels":
-            widths = _match(g, roots, log_a, kept, lambda w: _counts(g, w)[0], min_channels)
-        else:
-            target = _total(g, {}) * kept / sum(sizes.values())
-            widths = _match(g, roots, log_a, target, lambda w: _total(g, w), min_channels)
+        raise TypeError(f"width_multipliers must be a number or a dict; got {type(width_multipliers).__name__}")
+    _check_names(g, mults, "width_multipliers")
+    per_root = {}
+    for name, m in mults.items():
+        if not isinstance(m, (int, float, np.floating)) or not 0 < m <= 1:
+            raise ValueError(f"width multiplier of {name!r} must be in (0, 1]; got {m!r}")
+        if g.info[name].kind == "depthwise":
+            if m != 1:
+                raise ValueError(f"layer {name!r} is a depthwise convolution: its channels follow its input, "
+                                 "so it takes no width multiplier of its own (set the producer's)")
+            continue
+        r = g.find(g.source_group[name])
+        if r in g.fixed_roots:
+            if m != 1:
+                raise ValueError(f"layer {name!r} feeds a model output (or is joined with the input), so its "
+                                 f"width is fixed; it cannot take width multiplier {m}")
+            continue
+        prev = per_root.get(r)
+        if prev is not None and prev[1] != m:
+            raise ValueError(
+                f"layers {prev[0]!r} and {name!r} are joined (e.g. by an Add) and must keep equal widths, "
+                f"but got width multipliers {prev[1]} and {m}; give them the same value"
+            )
+        per_root[r] = (name, float(m))
+    a = np.asarray([per_root.get(r, (None, 1.0))[1] for r in roots])
+    return _widths_from_multipliers(g, roots, a, min_channels)
 
-    return _make_plan(g, widths)
+
+def _widths_from_densities(g, roots, densities, match, target_params, min_channels):
+    """Root widths from per-layer densities: the least-squares rule, then the parameter match."""
+    scored = [n for n, i in g.info.items() if i.kind in ("source", "depthwise")]
+    if isinstance(densities, (int, float, np.floating)) and not isinstance(densities, bool):
+        dens = {n: float(densities) for n in scored}
+    elif isinstance(densities, dict):
+        dens = dict(densities)
+    else:
+        raise TypeError(f"densities must be a number or a dict; got {type(densities).__name__}")
+    _check_names(g, dens, "densities")
+    for name, d in dens.items():
+        if not isinstance(d, (int, float, np.floating)) or isinstance(d, bool) or not 0 <= d <= 1:
+            raise ValueError(f"density of {name!r} must be in [0, 1]; got {d!r}")
+    log_a = _solve_log_multipliers(g, roots, dens)
+    sizes = {n: _layer_kernel(g, g.info[n]) for n in scored}
+    kept = sum(dens.get(n, 1.0) * sizes[n] for n in scored)
+    if target_params is not None:
+        return _match(g, roots, log_a, int(target_params), lambda w: _total(g, w), min_channels)
+    if match is None:
+        return _widths_from_multipliers(g, roots, np.exp(log_a), min_channels)
+    if match == "kernels":
+        return _match(g, roots, log_a, kept, lambda w: _counts(g, w)[0], min_channels)
+    target = _total(g, {}) * kept / sum(sizes.values())
+    return _match(g, roots, log_a, target, lambda w: _total(g, w), min_channels)
 
 
 def _make_plan(g, widths):

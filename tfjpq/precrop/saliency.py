@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfjpq.errors import UnsupportedModelError
-from tfjpq.graph import KINDS, check_model, kind_of
+from tfjpq.graph import KINDS, check_model, kind_of, layer_kind
 
 __all__ = ["METHODS", "SCORED_LAYERS", "scored_layers", "scores", "global_top", "masks"]
 
@@ -229,7 +229,7 @@ def _grasp(model, layers_, data, loss, batch_size, max_batches, temperature):
 
 def _linearize_for_synflow(model, layers_, originals, masks):
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if layer_kind(layer) == "bn":
             if layer.scale:
                 layer.gamma.assign(tf.abs(layer.gamma))
             if layer.center:
