@@ -597,14 +597,10 @@ def main(argv=None):
     args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else 1
     if quick and args.train_samples is None:
         args.train_samples = 2000
-    if args.report_only:
-        result = json.load(open(args.out))
-    else:
-        result = run_all(args)
-        if args.append:
-            result["meta"]["models"] = sorted({r["model"] for r in result["rows"]},
-                                              key=["resnet8", "ds_cnn"].index)
-            result["meta"]["seeds"] = sorted({r["seed"] for r in result["rows"]})
+    result = json.load(open(args.out)) if args.report_only else run_all(args)
+    # the rows decide (an --append run, or one stopped part way, leaves other models' rows in the file)
+    result["meta"]["models"] = sorted({r["model"] for r in result["rows"]}, key=["resnet8", "ds_cnn"].index)
+    result["meta"]["seeds"] = sorted({r["seed"] for r in result["rows"]})
     write_reports(result, args.md, os.path.dirname(os.path.abspath(args.out)))
     return result
 
