@@ -65,6 +65,9 @@ ENTRY_POINTS = {
     "precrop.densities": lambda m: precrop.densities(m, "synflow", 0.5, iterations=1),
     "precrop.crop": lambda m: precrop.crop(m, 0.5),
     "zeroq.distill": lambda m: zeroq.distill(m, num_samples=2, iterations=1, verbose=0),
+    # and the other entry points that read a model's graph
+    "precrop.scores": lambda m: precrop.scores(m, "synflow"),
+    "zeroq.sensitivity": lambda m: zeroq.sensitivity(m, np.zeros((2, 4), np.float32)),
 }
 
 
@@ -76,6 +79,14 @@ def test_every_entry_point_rejects_the_bad_model_alike(bad, entry):
         ENTRY_POINTS[entry](build())
     assert type(info.value) is UnsupportedModelError
     assert isinstance(info.value, TfjpqError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("bad", sorted(set(BAD_MODELS) - {"lstm"}))
+def test_summary_rejects_the_same_graphs(bad):
+    # summary reads any layer (exported models hold custom quantizer layers), so only the graph's shape counts
+    build, message = BAD_MODELS[bad]
+    with pytest.raises(UnsupportedModelError, match=message):
+        tfjpq.profile(build())
 
 
 def test_old_error_names_are_the_same_class():

@@ -215,8 +215,15 @@ def _byte_cost(cost):
 
 
 def _byte_costs():
-    return [n for n in cost_lib.registered()
-            if type(cost_lib.get(n)).kernel_bytes is not cost_lib.CostModel.kernel_bytes]
+    names = []
+    for name in cost_lib.registered():
+        try:
+            model = cost_lib.get(name)
+        except (TypeError, ValueError):  # a registered cost that needs arguments
+            continue
+        if type(model).kernel_bytes is not cost_lib.CostModel.kernel_bytes:
+            names.append(name)
+    return names
 
 
 def _cost_table(sens: Sensitivity, cost) -> dict:
