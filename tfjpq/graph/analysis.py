@@ -62,11 +62,8 @@ class Analysis:
     consumers: dict  # tensor id -> list of nodes
 
 
-# ---------------------------------------------------------------------------
-# Analysis
-
-
 def _check_linear(layer, kind, node):
+    """The search's limits on a Conv2D / DepthwiseConv2D / Dense layer; returns its activation's name."""
     cfg = layer.get_config()
     if cfg.get("data_format", "channels_last") != "channels_last":
         raise UnsupportedModelError(

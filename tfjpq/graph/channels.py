@@ -84,6 +84,7 @@ class ChannelWalk:
         self.layouts: dict = {}  # tensor id -> Layout
         self.producer_group: dict = {}  # layer name -> gid of the group it starts
         self.consumers: dict = {}  # tensor id -> list of nodes
+        self.canon: dict = {}  # gid -> its root's gid, once the walk is done
         for node in self.nodes:
             for t in node.input_tensors:
                 self.consumers.setdefault(id(t), []).append(node)
