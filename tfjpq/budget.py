@@ -250,12 +250,13 @@ FLATBUFFER_CHECKS = 3
 
 
 def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
-    """Convert the projected model, and re-project while its flatbuffer misses the target by more than tolerance.
+    """Measure the projected model as deployed, and re-project while it misses the target by more than tolerance.
 
-    For a flash cost that prices the whole flatbuffer (``tfjpq.tflm_cost.TFLMCost``):
-    the per-layer model is an estimate, the converted file is what the board
-    pays. Each check converts the hard choices (:func:`tfjpq.tflm_cost.flatbuffer_bytes`)
-    and, on a miss, projects again to ``target - (measured - modelled)``.
+    Does nothing for a cost model that cannot measure (``CostModel.measure``
+    gives None). For the flash cost that prices the whole flatbuffer
+    (``tfjpq.tflm_cost.TFLMCost``), the per-layer model is an estimate and the
+    converted file is what the board pays: each check converts the hard
+    choices and, on a miss, projects again to ``target - (measured - modelled)``.
     Adds ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
 
     Example::
@@ -263,11 +264,11 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
         tuned = tfjpq.freeze(search)          # search = tfjpq.wrap(model, cost="tflm", target=20_000)
         tuned.projection["flatbuffer_bytes"]  # within 3 % of 20,000
     """
-    from tfjpq.tflm_cost import flatbuffer_bytes
-
     target, tol = float(model.target), float(model.tolerance)
     for i in range(checks):
-        measured = flatbuffer_bytes(model)
+        measured = model.cost_model.measure(model)
+        if measured is None:
+            break
         report["flatbuffer_bytes"] = int(measured)
         report["flatbuffer_error"] = measured / target - 1.0
         if abs(measured / target - 1.0) <= tol or i == checks - 1:

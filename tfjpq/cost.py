@@ -124,6 +124,18 @@ class CostModel:
     def check(self, weight_bits, act_bits) -> None:
         """Raise ValueError if the cost cannot price these bit-widths."""
 
+    def for_model(self, search) -> "CostModel":
+        """The cost model ``search`` uses: ``self``, or a copy fitted to that model (``tfjpq.wrap`` calls it once)."""
+        return self
+
+    def measure(self, search):
+        """The cost of ``search``'s hard choices as deployed, where it can be measured; None: the estimate is all.
+
+        ``tfjpq.freeze`` re-projects a ``target`` on this measurement
+        (:func:`tfjpq.budget.check_flatbuffer`).
+        """
+        return None
+
     def kernel_bytes(self, kind, shape, bits: int) -> int:
         """Bytes of one kernel (Keras ``shape``) stored at ``bits``, for byte costs; ``kind`` as a layer kind
         ("conv") or class name ("Conv2D"). Costs in other units raise ``NotImplementedError``."""

@@ -310,9 +310,6 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
         raise ValueError(f"min_channels must be an int >= 1 or a fraction in (0, 1), got {min_channels}")
     cost_model = cost_lib.get(cost)
     cost_model.check(weight_bits, act_bits)
-    if getattr(cost_model, "needs_calibration", False) or getattr(cost_model, "fixed_bytes", None) is not None:
-        # a per-model measurement: never reuse another model's (or mutate the caller's instance)
-        cost_model = cost_model.__class__.from_config({**cost_model.get_config(), "fixed_bytes": None})
 
     model = graph.check_model(model)
     info = graph.analyze(model)
@@ -387,9 +384,10 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
     search = SearchModel(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
                          outputs=outputs if len(outputs) > 1 else outputs[0],
                          cost=cost_model, strength=strength, tolerance=tolerance, name=f"{model.name}_search")
-    if getattr(cost_model, "needs_calibration", False):
-        cost_model.calibrate(search)
-        search._reference.assign(cost_lib.reference_cost(search, cost_model))  # with the fixed bytes
+    fitted = cost_model.for_model(search)
+    if fitted is not cost_model:  # e.g. the tflm cost with the flatbuffer's fixed bytes measured on this model
+        search._cost_model = fitted
+        search._reference.assign(cost_lib.reference_cost(search, fitted))
     if target is not None:
         search.target = target  # checked against the cheapest model of the search space
     return search
@@ -447,8 +445,7 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
     frozen.projection = None
     if frozen.target is not None and project is not False:
         frozen.projection = budget.project(frozen, frozen.target, frozen.tolerance)
-        if getattr(frozen.cost_model, "fixed_bytes", None) is not None:
-            budget.check_flatbuffer(frozen, frozen.projection)
+        budget.check_flatbuffer(frozen, frozen.projection)
     frozen._hard_cost_var.assign(float(frozen.hard_cost()))
     _zero_dead_inputs(frozen)
     return frozen

@@ -117,9 +117,22 @@ class TFLMCost(CostModel):
             total = total + self.fixed_bytes
         return total
 
-    @property
-    def needs_calibration(self) -> bool:
-        return self.objective == "flash" and self.fixed_bytes is None
+    def for_model(self, search):
+        """A flash cost fitted to ``search``: a copy whose ``fixed_bytes`` is measured on it (:meth:`calibrate`).
+
+        The instance given is left as it is, so it is never reused with another model's figure.
+        """
+        if self.objective != "flash":
+            return self
+        fitted = TFLMCost.from_config({**self.get_config(), "fixed_bytes": None})
+        fitted.calibrate(search)
+        return fitted
+
+    def measure(self, search):
+        """Bytes of the converted flatbuffer of ``search``'s hard choices (flash, once calibrated), else None."""
+        if self.objective != "flash" or self.fixed_bytes is None:
+            return None
+        return flatbuffer_bytes(search)
 
     def calibrate(self, search, seed=0):
         """Measure ``fixed_bytes`` on ``search`` (just wrapped: every channel at its widest width).
@@ -130,9 +143,8 @@ class TFLMCost(CostModel):
 
         Example::
 
-            cost = TFLMCost()
-            search = tfjpq.wrap(model, cost=cost)     # calls cost.calibrate(search)
-            cost.fixed_bytes                          # e.g. 4,700 bytes of graph on ResNet-8
+            search = tfjpq.wrap(model, cost="tflm")   # wrap calibrates its own copy
+            search.cost_model.fixed_bytes             # e.g. 4,700 bytes of graph on ResNet-8
         """
         self.fixed_bytes = 0.0
         measured = flatbuffer_bytes(search, seed=seed)
