@@ -100,8 +100,12 @@ class Artifact:
             "model_data.h": codegen.model_data_h(self.name, len(self.model_bytes)),
             "op_resolver.h": codegen.op_resolver_h(self.name, self.ops),
             "model_settings.h": codegen.model_settings_h(self.name, self.arena_bytes, self.inputs, self.outputs),
-            "report.json": json.dumps(self.report, indent=2, default=_json_default) + "\n",
+            "report.json": self.report_json(),
         }
+
+    def report_json(self) -> str:
+        """``report`` as the text of ``report.json``."""
+        return json.dumps(self.report, indent=2, default=_json_default) + "\n"
 
     def save(self, out_dir, overwrite: bool = False, firmware_size: bool = True) -> dict:
         """Write the files atomically: into a temporary sibling directory, then renamed into place.
@@ -126,15 +130,18 @@ class Artifact:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
         try:
-            for fname, content in self.sources().items():
-                mode = "wb" if isinstance(content, bytes) else "w"
-                with open(os.path.join(tmp, fname), mode) as f:
+            def write(fname, content):
+                with open(os.path.join(tmp, fname), "wb" if isinstance(content, bytes) else "w") as f:
                     f.write(content)
                     f.flush()
                     os.fsync(f.fileno())
+
+            files = self.sources()
+            del files["report.json"]  # written last: it records the compiled size of model_data.cc
+            for fname, content in files.items():
+                write(fname, content)
             self.report["firmware"] = codegen.cross_compile_size(tmp) if firmware_size else None
-            with open(os.path.join(tmp, "report.json"), "w") as f:
-                f.write(self.sources()["report.json"])
+            write("report.json", self.report_json())
             os.chmod(tmp, 0o755)
             old = None
             if os.path.exists(out_dir):
