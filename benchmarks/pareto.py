@@ -94,6 +94,13 @@ class Bench:
 
         return float(tfjpq.wrap(self.float_model, weight_bits=(bits,), cost=cost, strength=0.0).hard_cost())
 
+    def tflm_top1(self, artifact_or_bytes):
+        """The TFLM run on the test images and its top-1 accuracy."""
+        import tflm_export
+
+        run = tflm_export.emulate(artifact_or_bytes, inputs=self.xt, check_fit=False)
+        return run, float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+
     def measure(self, frozen, method, t0, **extra):
         """Export, convert, run in TFLM; one result row."""
         import tflm_export
@@ -103,8 +110,7 @@ class Bench:
         train_s = time.time() - t0
         deploy = tfjpq.export(frozen)
         art = tflm_export.convert(deploy, representative_data=self.x[:200])
-        run = tflm_export.emulate(art, inputs=self.xt, check_fit=False)
-        acc = float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+        run, acc = self.tflm_top1(art)
         prof = tfjpq.profile(frozen)
         layers = {r["name"]: {str(b): int(n) for b, n in r["bits_histogram"].items()} for r in prof.rows}
         row = dict(model=self.arch, seed=self.seed, method=method, tflm_acc=acc, flash_bytes=art.size,
@@ -188,7 +194,6 @@ class Bench:
 
     def tfmot(self, sparsity, bits, workdir):
         """tfmot prune-then-QAT in its own process; the flatbuffer is measured here."""
-        import tflm_export
         from tflm_export import lean
 
         io_path = os.path.join(workdir, f"{self.arch}_{self.seed}.npz")
@@ -213,8 +218,7 @@ class Bench:
                         failed=f"exit {proc.returncode}: {tail}", wall_s=wall)
         info = json.loads(open(out + ".json").read())
         flat = open(out, "rb").read()
-        run = tflm_export.emulate(flat, inputs=self.xt, check_fit=False)
-        acc = float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+        run, acc = self.tflm_top1(flat)
         lean_bytes = lean.strip(flat)
         return dict(model=self.arch, seed=self.seed, method=method, sparsity=sparsity, bits=bits, tflm_acc=acc,
                     flash_bytes=len(lean_bytes), converter_bytes=len(flat), wall_s=wall,
