@@ -25,10 +25,10 @@ from tfjpq.summary import profile, summary  # noqa: F401
 __all__ = [
     "wrap", "freeze", "export", "SearchModel", "profile", "summary",
     "TfjpqError", "UnsupportedModelError", "NotASearchModelError",
-    "datasets", "quantizers", "tflm_cost", "zoo", "budget", "callbacks", "cost", "graph", "zeroq", "precrop",
+    "datasets", "quantizers", "tflm_cost", "zoo", "budget", "callbacks", "cost", "graph", "zeroq", "precrop", "quantune",
 ]
 
-_SUBMODULES = ("budget", "callbacks", "cost", "graph", "zeroq", "precrop")
+_SUBMODULES = ("budget", "callbacks", "cost", "graph", "zeroq", "precrop", "quantune")
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ from tflm_export.artifact import Artifact, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
 from tflm_export.errors import ConversionError, InvalidArgumentError
 
-__all__ = ["MAX_CALIBRATION_SAMPLES", "keras_to_int8", "convert", "build_report"]
+__all__ = ["MAX_CALIBRATION_SAMPLES", "MAX_RANGE_VALUES", "keras_to_int8", "activation_values", "convert", "build_report"]
 
 MAX_CALIBRATION_SAMPLES = 300
 
@@ -73,12 +73,19 @@ def _calibration(representative_data, specs, seed=0):
     return gen
 
 
-def keras_to_int8(model, representative_data=None) -> bytes:
+def keras_to_int8(model, representative_data=None, per_channel: bool = True, activation_ranges=None,
+                  ranges_out: dict | None = None) -> bytes:
     """The plain full-int8 flatbuffer (int8 inputs and outputs, batch 1) of a Keras 3 model.
+
+    ``per_channel=False`` quantizes every weight tensor with one scale (per tensor).
+    ``activation_ranges`` replaces the converter's min-max calibration of the activation
+    tensors (see :func:`convert`); the ranges written go into ``ranges_out`` when given.
 
     Example::
 
         b = keras_to_int8(model, x_train[:100])
+        b = keras_to_int8(model, x_train[:100], per_channel=False,
+                          activation_ranges=lambda name, v: (min(0, v.min()), np.percentile(v, 99.9)))
     """
     import tensorflow as tf
 
@@ -102,6 +109,10 @@ def keras_to_int8(model, representative_data=None) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
+    if not per_channel:
+        conv._experimental_disable_per_channel = True
+    if activation_ranges is not None:
+        return _int8_with_ranges(conv, representative_data, specs, per_channel, activation_ranges, ranges_out)
     try:
         # The converter prints the saved-model signature and warns about input statistics
         # it does not need (int8 inputs carry their own); keep the user's console readable.
@@ -117,8 +128,149 @@ def keras_to_int8(model, representative_data=None) -> bytes:
         ) from e
 
 
+#: Values kept per activation tensor for a range estimator (a seeded sample beyond this; min and max stay exact).
+MAX_RANGE_VALUES = 200_000
+
+
+def _converter_error(e):
+    msg = str(e).strip().splitlines()
+    short = "\n".join(line for line in msg if "error" in line.lower())[:1500] or "\n".join(msg[-5:])
+    return ConversionError(
+        "the TFLite converter could not produce a full-int8 model (a layer without an int8 TFLite "
+        f"kernel?):\n{short}"
+    )
+
+
+def activation_values(float_model_bytes: bytes, samples, tensors, max_values: int = MAX_RANGE_VALUES,
+                      seed: int = 0) -> dict:
+    """``{tensor index: float32 values}`` of the given tensors of a float flatbuffer over ``samples``.
+
+    ``samples``: an iterable of per-step input lists (batch 1, as a representative dataset yields).
+    Each tensor keeps at most ``max_values`` values: a seeded uniform sample of every step's values,
+    plus the exact minimum and maximum, so min-max ranges are exact.
+    """
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # the deprecation notice and the preserve-all-tensors advice
+        warnings.simplefilter("ignore")
+        interp = tf.lite.Interpreter(
+            model_content=float_model_bytes, experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    ins = interp.get_input_details()
+    samples = list(samples)
+    rng = np.random.default_rng(seed)
+    kept = {i: [] for i in tensors}
+    lo = {i: np.inf for i in tensors}
+    hi = {i: -np.inf for i in tensors}
+    budget = max(1, max_values // max(1, len(samples)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in samples:
+            for d, v in zip(ins, step):
+                interp.set_tensor(d["index"], np.asarray(v, d["dtype"]).reshape(d["shape"]))
+            interp.invoke()
+            for i in tensors:
+                v = np.asarray(interp.get_tensor(i), np.float32).ravel()
+                lo[i] = min(lo[i], float(v.min()))
+                hi[i] = max(hi[i], float(v.max()))
+                kept[i].append(v if v.size <= budget else rng.choice(v, budget, replace=False))
+    out = {}
+    for i in tensors:
+        v = np.concatenate(kept[i]) if kept[i] else np.zeros(1, np.float32)
+        out[i] = np.concatenate([v, np.array([lo[i], hi[i]], np.float32)])
+    return out
+
+
+def _int8_with_ranges(conv, representative_data, specs, per_channel, activation_ranges, ranges_out):
+    """Calibrate, let ``activation_ranges`` choose each activation tensor's range, then quantize.
+
+    The converter's calibration pass records a min / max per float tensor (``_experimental_calibrate_only``);
+    those records are replaced by the chosen ranges before the MLIR quantizer turns them into int8
+    scales and zero points, so every constraint the quantizer applies (pooling, reshape and
+    concatenation share one scale; biases at ``input_scale * filter_scale``) holds for the chosen ranges.
+    The model inputs keep their min-max range.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    conv._experimental_calibrate_only = True
+    gen = conv.representative_dataset
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            calibrated = bytes(conv.convert())
+    except Exception as e:
+        raise _converter_error(e) from e
+    fbm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    sg = fbm.subgraphs[0]
+    inputs = set(int(i) for i in sg.inputs)
+    chosen = [i for i, t in enumerate(sg.tensors)
+              if i not in inputs and t.quantization is not None and t.quantization.min is not None
+              and len(t.quantization.min) == 1 and t.buffer is not None
+              and (fbm.buffers[t.buffer].data is None or len(fbm.buffers[t.buffer].data) == 0)]
+    values = activation_values(calibrated, gen(), chosen)
+    written = {}
+    for i in chosen:
+        t = sg.tensors[i]
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        lo, hi = (float(r) for r in activation_ranges(name, values[i]))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+            raise InvalidArgumentError(f"activation_ranges gave ({lo}, {hi}) for tensor {name!r}; "
+                                       "it must return a finite (low, high) with low <= high")
+        t.quantization.min = [lo]
+        t.quantization.max = [hi]
+        written[name] = (lo, hi)
+    if ranges_out is not None:
+        ranges_out.update(written)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bytes(tfl_convert.mlir_quantize(
+                bytes(flatbuffer_utils.convert_object_to_bytearray(fbm)), not per_channel,
+                input_data_type=tf.int8, output_data_type=tf.int8))
+    except Exception as e:
+        raise _converter_error(e) from e
+
+
+def _per_channel_records(model_bytes: bytes) -> bytes:
+    """Per-tensor conv / depthwise weight scales written once per output channel (the same value each).
+
+    INT4 storage needs a per-channel quantization record; the values stay per-tensor (one distinct
+    scale), so outputs do not change.
+    """
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor as me
+
+    from tflm_export.packing import op_name
+
+    model = me.read(model_bytes)
+    changed = False
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            name = op_name(op)
+            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2 or op.inputs[1] is None:
+                continue
+            w = op.inputs[1]
+            q = w.quantization
+            if q is None or len(q.scales) != 1:
+                continue
+            axis = storage.CHANNEL_AXIS[name]
+            channels = int(w.shape[axis])
+            if channels > 1:
+                w.quantization = me.Quantization(scales=[float(q.scales[0])] * channels,
+                                                 zero_points=[0] * channels, axis=axis)
+                b = op.inputs[2] if len(op.inputs) > 2 else None
+                if b is not None and b.quantization is not None and len(b.quantization.scales) == 1:
+                    b.quantization = me.Quantization(scales=[float(b.quantization.scales[0])] * channels,
+                                                     zero_points=[0] * channels, axis=0)
+                changed = True
+    return bytes(model.build()) if changed else model_bytes
+
+
 def convert(model, representative_data=None, pack: str = "auto", out_dir=None, overwrite: bool = False,
-            weight_bits=None, name: str | None = None, check_tflm: bool = True, strip: bool = True) -> Artifact:
+            weight_bits=None, name: str | None = None, check_tflm: bool = True, strip: bool = True,
+            per_channel: bool = True, activation_ranges=None) -> Artifact:
     """Convert a Keras 3 model to a full-int8 TFLite flatbuffer with sub-byte weight storage.
 
     Args:
@@ -142,6 +294,14 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
         strip: drop what TFLM never reads (names, signature defs, metadata, bias quantization,
             repeated zero points) and write repeated records once (:mod:`tflm_export.lean`);
             outputs and arena in TFLM are unchanged. ``False`` keeps the converter's records.
+        per_channel: one weight scale per output channel (default, the converter's choice); ``False``
+            quantizes every weight tensor with one scale.
+        activation_ranges: ``None`` keeps the converter's min-max calibration. A callable
+            ``f(tensor_name, values) -> (low, high)`` chooses the float range of every activation tensor
+            (the model inputs keep min-max) from its float ``values`` on ``representative_data``
+            (at most :data:`MAX_RANGE_VALUES` of them, min and max exact), e.g. a percentile, KL or MSE
+            estimator (``tfjpq.quantune.ranges``). The quantizer turns each range into the tensor's
+            scale and zero point (widened to hold 0). The ranges go into ``report["activation_ranges"]``.
 
     Returns:
         An :class:`~tflm_export.artifact.Artifact`.
@@ -157,12 +317,21 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
     if out_dir is not None:
         check_out_dir(os.path.abspath(os.fspath(out_dir)), overwrite)   # fail before the slow part
     layer_names = [l.name for l in getattr(model, "layers", [])]
-    int8_bytes, bias_notes = repair.fix_bias_scales(keras_to_int8(model, representative_data))
+    if activation_ranges is not None and not callable(activation_ranges):
+        raise InvalidArgumentError("activation_ranges must be None or a callable (tensor_name, values) -> (low, high), "
+                                   f"got {type(activation_ranges).__name__}")
+    ranges = {} if activation_ranges is not None else None
+    int8_bytes, bias_notes = repair.fix_bias_scales(
+        keras_to_int8(model, representative_data, per_channel=per_channel, activation_ranges=activation_ranges,
+                      ranges_out=ranges))
     base_info = modelinfo.inspect_model(int8_bytes)
     if check_tflm:
         modelinfo.check_tflm_ops(base_info)
 
-    weights = packing.analyze(int8_bytes, layer_names, weight_bits, packing.recorded_channel_bits(model))
+    recorded = packing.recorded_channel_bits(model)
+    if not per_channel and (weight_bits or any(min(b) < 8 for b in recorded.values() if b)):
+        int8_bytes = _per_channel_records(int8_bytes)
+    weights = packing.analyze(int8_bytes, layer_names, weight_bits, recorded)
     plans = packing.plan(weights, pack, strip=strip)
     packed, notes = packing.apply(int8_bytes, weights, plans)
     plain = lean.strip(int8_bytes) if strip else int8_bytes
@@ -188,6 +357,10 @@ def convert(model, representative_data=None, pack: str = "auto", out_dir=None, o
     report = build_report(cname, pack, int8_bytes, packed, info, base_info, weights, plans, notes, arena)
     if bias_notes:
         report["bias_scale_repairs"] = bias_notes
+    if not per_channel:
+        report["weight_granularity"] = "per-tensor"
+    if ranges is not None:
+        report["activation_ranges"] = {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}
     art = Artifact(cname, packed, int8_bytes, report, arena or 0, io_details(info, "inputs"),
                    io_details(info, "outputs"), tuple(dict.fromkeys(info.op_names)))
     if out_dir is not None:

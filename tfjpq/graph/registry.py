@@ -5,8 +5,8 @@ Every method asks this table, never ``isinstance`` lists of its own:
 * :func:`kind_of` / :func:`layer_kind`: which :class:`LayerKind` a layer is;
 * ``LayerKind.channels``: how the kind treats the channel axis, read by the
   channel-group analysis (:mod:`tfjpq.graph.channels`);
-* ``searchable`` / ``croppable``: whether ``tfjpq.wrap`` / ``precrop.crop``
-  accept the kind in a model; ``scorable`` / ``quantizable``: whether
+* ``searchable`` / ``croppable`` / ``tunable``: whether ``tfjpq.wrap`` /
+  ``precrop.crop`` / ``quantune.tune`` accept the kind in a model; ``scorable`` / ``quantizable``: whether
   ``precrop`` scores its kernel and ``zeroq`` quantizes it;
 * ``channel_axis`` and ``tflite_op``: where a kernel's output channels are and
   which TFLite builtin the converter turns the layer into (:func:`tflite_op`).
@@ -61,24 +61,25 @@ class LayerKind:
     croppable: bool = False  # precrop.crop accepts it in a model
     scorable: bool = False  # precrop scores (and masks) its kernel
     quantizable: bool = False  # zeroq quantizes its kernel
+    tunable: bool = False  # quantune tunes the post-training quantization of models made of it
 
     def supports(self, layer) -> bool:
         """Whether ``layer`` is of this kind."""
         return isinstance(layer, self.classes) and not isinstance(layer, keras.Model)
 
 
-_BOTH = {"searchable": True, "croppable": True}
+_BOTH = {"searchable": True, "croppable": True, "tunable": True}
 _WEIGHTS = {"scorable": True, "croppable": True}
 
 # First match wins.
 KINDS = (
     LayerKind("depthwise", _classes("DepthwiseConv2D"), FOLLOW, 2, "DEPTHWISE_CONV_2D", searchable=True,
-              quantizable=True, **_WEIGHTS),
+              quantizable=True, tunable=True, **_WEIGHTS),
     LayerKind("depthwise1d", _classes("DepthwiseConv1D"), FOLLOW, 1, "DEPTHWISE_CONV_2D", **_WEIGHTS),
-    LayerKind("conv", _classes("Conv2D"), NEW, -1, "CONV_2D", searchable=True, quantizable=True, **_WEIGHTS),
+    LayerKind("conv", _classes("Conv2D"), NEW, -1, "CONV_2D", searchable=True, quantizable=True, tunable=True, **_WEIGHTS),
     LayerKind("conv1d", _classes("Conv1D"), NEW, -1, "CONV_2D", **_WEIGHTS),
     LayerKind("conv3d", _classes("Conv3D"), NEW, -1, "CONV_3D", **_WEIGHTS),
-    LayerKind("dense", _classes("Dense"), NEW, -1, "FULLY_CONNECTED", searchable=True, quantizable=True, **_WEIGHTS),
+    LayerKind("dense", _classes("Dense"), NEW, -1, "FULLY_CONNECTED", searchable=True, quantizable=True, tunable=True, **_WEIGHTS),
     LayerKind("bn", _classes("BatchNormalization"), **_BOTH),
     LayerKind("act", _classes("ReLU", "LeakyReLU", "ELU", "Activation", "Softmax"), **_BOTH),
     LayerKind("pass", _classes("MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Cropping2D", "Dropout",
@@ -89,7 +90,7 @@ KINDS = (
     LayerKind("reshape", _classes("Reshape"), FLATTEN, **_BOTH),
     LayerKind("concat", _classes("Concatenate"), STACK, **_BOTH),
     LayerKind("add", _classes("Add"), JOIN, **_BOTH),
-    LayerKind("rescale", _classes("Rescaling"), searchable=True),
+    LayerKind("rescale", _classes("Rescaling"), searchable=True, tunable=True),
     LayerKind("input", _classes("InputLayer"), **_BOTH),
     # Kinds only PreCrop narrows (the search has no rule for them yet).
     LayerKind("merge", _classes("Subtract", "Multiply", "Average", "Maximum", "Minimum"), JOIN, croppable=True),
