@@ -17,14 +17,17 @@ all-8-bit model's cost: dimensionless, the same on any model size.
 import importlib
 
 from tfjpq import datasets, quantizers, tflm_cost, zoo  # noqa: F401  (tflm_cost registers the "tflm" cost)
-from tfjpq.errors import NotASearchModelError, TfjpqError, UnsupportedModelError  # noqa: F401
+from tfjpq.datasets import check_data  # noqa: F401
+from tfjpq.errors import DataError, ModelFileError, NotASearchModelError, TfjpqError, UnsupportedModelError  # noqa: F401
+from tfjpq.graph.check import load_model  # noqa: F401
 from tfjpq.export import export  # noqa: F401
 from tfjpq.search import SearchModel, freeze, wrap  # noqa: F401
 from tfjpq.summary import profile, summary  # noqa: F401
 
 __all__ = [
     "wrap", "freeze", "export", "SearchModel", "profile", "summary",
-    "TfjpqError", "UnsupportedModelError", "NotASearchModelError",
+    "TfjpqError", "UnsupportedModelError", "NotASearchModelError", "DataError", "ModelFileError",
+    "check_data", "load_model",
     "datasets", "quantizers", "tflm_cost", "zoo", "budget", "callbacks", "cost", "graph", "zeroq", "precrop", "quantune",
 ]
 

@@ -304,14 +304,14 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
     check_mode(mode)
     if mode == "fixed":
         raise ValueError("mode='fixed' is what tfjpq.freeze sets; wrap with 'soft', 'hard' or 'gumbel'")
-    if strength < 0:
-        raise ValueError(f"strength must be >= 0, got {strength}")
+    graph.check.check_search_arguments(strength, target, temperature, act_clip)   # finite; strength 0 + target
     if isinstance(min_channels, float) and not 0 < min_channels < 1 or min_channels <= 0:
         raise ValueError(f"min_channels must be an int >= 1 or a fraction in (0, 1), got {min_channels}")
     cost_model = cost_lib.get(cost)
     cost_model.check(weight_bits, act_bits)
 
     model = graph.check_model(model)
+    graph.check.check_finite_weights(model, "tfjpq.wrap")
     info = graph.analyze(model)
     if not info.linears:
         raise UnsupportedModelError(f"model {model.name!r} has no Conv2D, DepthwiseConv2D or Dense layer to search")
@@ -427,6 +427,7 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
         tuned.fit(x, y, epochs=3)
     """
     require_search_model(search, "tfjpq.freeze")
+    graph.check.check_finite_weights(search, "tfjpq.freeze")
     config = copy.deepcopy(search.get_config())
     for layer_cfg in config["layers"]:
         if layer_cfg["class_name"] in ("PrecisionChoice", "ActivationChoice"):

@@ -16,7 +16,8 @@ import keras
 from tfjpq.errors import UnsupportedModelError
 from tfjpq.graph.registry import kind_of, supported_names
 
-__all__ = ["check_model", "topological_nodes", "single_input_shape", "layers_with"]
+__all__ = ["check_model", "topological_nodes", "single_input_shape", "layers_with", "load_model", "check_finite_weights",
+           "check_search_arguments"]
 
 
 def check_model(model, capability: str | None = "searchable", entry: str = "tfjpq.wrap") -> keras.Model:
@@ -145,3 +146,103 @@ def _check_layer_kinds(nodes, capability, entry):
             f"layer {layer.name!r} ({type(layer).__name__}) is not supported by {entry}. Replace it with "
             f"supported layers: {', '.join(supported_names(wanted))}"
         )
+
+
+def load_model(path, compile: bool = False):
+    """Load a ``.keras`` file (a float model, a search model or an exported one) with clear errors.
+
+    Keras reports a truncated archive as "File not found"; this raises
+    :class:`~tfjpq.errors.ModelFileError` naming the file and what is wrong with it
+    (not a zip archive, no ``config.json``, a layer it cannot rebuild, ...), and
+    ``FileNotFoundError`` only when the file does not exist.
+
+    Example::
+
+        model = tfjpq.load_model("build/quickstart/deploy.keras")
+    """
+    import os
+    import zipfile
+
+    import tfjpq.export  # noqa: F401  (registers tfjpq's layers and models for deserialization)
+    import tfjpq.search  # noqa: F401
+    from tfjpq.errors import ModelFileError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such .keras file: {path!r}")
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        raise ModelFileError(
+            f"{path!r} ({size:,} bytes) is not a .keras archive (not a zip file): truncated, corrupted, "
+            "or saved in another format (a .h5 file or a SavedModel directory). Save it again with model.save('x.keras')")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            bad = z.testzip()
+        if bad is not None:
+            raise ModelFileError(f"{path!r} is corrupted: the member {bad!r} fails its CRC check")
+        if "config.json" not in names:
+            raise ModelFileError(f"{path!r} is a zip archive without config.json: not a Keras 3 .keras file")
+        return keras.saving.load_model(path, compile=compile)
+    except ModelFileError:
+        raise
+    except Exception as e:   # zipfile, JSON, h5 and deserialization errors alike
+        raise ModelFileError(f"{path!r} could not be loaded as a Keras model ({type(e).__name__}: "
+                             f"{str(e).strip()[:500]})") from e
+
+
+def check_finite_weights(model, entry: str = "tfjpq.wrap") -> None:
+    """Raise :class:`~tfjpq.errors.DataError` naming the first layer whose weights hold NaN or Inf.
+
+    A model trained on data with NaN (or with a diverged loss) has such weights; searching,
+    freezing or exporting it would only hand on a broken model.
+    """
+    import numpy as np
+
+    from tfjpq.errors import DataError
+
+    for layer in model.layers:
+        for var in layer.weights:
+            value = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                bad = int((~np.isfinite(value)).sum())
+                raise DataError(
+                    f"{entry}: layer {layer.name!r} has {bad:,} NaN or Inf values in {var.path if hasattr(var, 'path') else var.name!r}; "
+                    "the model was trained on data with NaN / Inf or its loss diverged. Check the data with "
+                    "tfjpq.check_data and train again (keras.callbacks.TerminateOnNaN stops such a run early).")
+
+
+def check_search_arguments(strength, target=None, temperature=1.0, act_clip=6.0) -> None:
+    """``wrap``'s numeric arguments: finite, and a strength the target controller can scale.
+
+    ``strength=0`` without a target trains with no cost pressure (a warning); with a target it
+    is refused: the controller scales the multiplier multiplicatively and could never leave 0.
+    """
+    import math
+    import warnings
+
+    def number(value, name):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        return value
+
+    strength = number(strength, "strength")
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    if target is not None:
+        number(target, "target")   # (its range is checked against the model by budget.check_target)
+        if strength == 0:
+            raise ValueError("strength=0 with a target: strength is the starting multiplier of the target "
+                             "controller, which scales it up or down by a factor per step and cannot leave 0; "
+                             "pass a positive strength (the default 0.05 is fine)")
+    elif strength == 0:
+        warnings.warn("tfjpq.wrap(strength=0) without a target: the cost has no weight in the loss, so the search "
+                      "will not prune or lower precision; pass strength > 0 or a target", UserWarning, stacklevel=3)
+    if number(temperature, "temperature") <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if number(act_clip, "act_clip") <= 0:
+        raise ValueError(f"act_clip must be > 0, got {act_clip}")
