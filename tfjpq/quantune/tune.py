@@ -125,10 +125,11 @@ def _fmt(score):
     return "failed" if score is None else f"{score:.2f}"
 
 
-def _search(space, strategy, trials, seed, measure_many, tried, features, float_score, prior, batch, on_trial):
+def _search(space, strategy, trials, seed, measure_many, tried, features, float_score, prior, batch, on_trial,
+            stop=None):
     """The loop every strategy shares: propose ``batch`` untried configs, measure them, repeat."""
     limit = min(int(trials), len(space))
-    while len(tried) < limit:
+    while len(tried) < limit and not (stop is not None and tried and stop(tried)):
         n = min(batch, limit - len(tried))
         configs = strategies.propose(strategy, space, tried, n, seed, features, float_score, prior)
         if not configs:
@@ -332,12 +333,13 @@ def _make_pool(model, measurer, x_cal, validation_data, evaluate, budget_bytes, 
 
 
 def simulate(table, strategy, space, trials=None, seed=0, features=None, float_score=None, history=None,
-             batch=1) -> list:
+             batch=1, until=None) -> list:
     """Run a strategy against measurements taken beforehand (``{config key: trial row}``), without converting.
 
     Each strategy still sees only the measurements it asked for, so the trial sequence is the one
     :func:`tune` would produce on the same measurements. The benchmark measures a model's whole
-    space once and simulates every strategy and seed on that table.
+    space once and simulates every strategy and seed on that table. ``until``: stop after the
+    first trial scoring at least this.
 
     Example::
 
@@ -357,5 +359,7 @@ def simulate(table, strategy, space, trials=None, seed=0, features=None, float_s
         return out
 
     _search(space, strategy, len(space) if trials is None else trials, seed, measure_many, tried,
-            features or {}, float_score, prior, batch, lambda row: None)
+            features or {}, float_score, prior, batch, lambda row: None,
+            stop=None if until is None else (lambda rows: rows[-1].get("score") is not None
+                                             and rows[-1]["score"] >= until))
     return tried
