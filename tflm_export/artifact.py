@@ -44,7 +44,7 @@ def quantize(x, detail) -> np.ndarray:
     """Float array -> the tensor's integer type (round to nearest, saturate); integer arrays pass through."""
     x = np.asarray(x)
     dt = _NP.get(detail["dtype"], np.int8)
-    if np.issubdtype(x.dtype, np.integer) or detail.get("scale") is None:
+    if np.issubdtype(x.dtype, np.integer) or detail.get("scale") is None or not np.issubdtype(dt, np.integer):
         return x.astype(dt)
     info = np.iinfo(dt)
     q = np.round(x / detail["scale"]) + detail["zero_point"]

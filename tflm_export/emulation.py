@@ -9,7 +9,7 @@ import numpy as np
 from tflm_export import cycles, modelinfo, runner
 from tflm_export.artifact import Artifact, dequantize, io_details, quantize
 from tflm_export.boards import Board, get_board
-from tflm_export.errors import DoesNotFit, InvalidArgumentError
+from tflm_export.errors import DoesNotFit, InvalidArgumentError, TFLMRuntimeError
 
 __all__ = ["EmulationResult", "emulate"]
 
@@ -103,7 +103,8 @@ def _model_bytes(artifact_or_bytes):
 
 
 def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "cmsis-nn",
-            check_fit: bool = True, arena_size: int | None = None, cycle_scale: float = 1.0) -> EmulationResult:
+            check_fit: bool = True, arena_size: int | None = None, cycle_scale: float = 1.0,
+            timeout: float = 600.0) -> EmulationResult:
     """Run a flatbuffer in the TFLM interpreter and check it against a board.
 
     The flatbuffer is verified in Python first (CorruptModelError on a truncated or corrupted file,
@@ -122,6 +123,7 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
             result as ``.result``); with False, look at ``result.fits``.
         arena_size: arena handed to the interpreter for the run (default: generous).
         cycle_scale: multiply the cycle model, to calibrate it against a measured board.
+        timeout: seconds the TFLM child process may run before it is killed (TFLMRuntimeError).
 
     Example::
 
@@ -135,6 +137,7 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
     modelinfo.check_tflm_ops(info)
     ins = io_details(info, "inputs")
     outs = io_details(info, "outputs")
+    runner.check_arena_size(arena_size if arena_size is not None else runner.generous_arena(info))
 
     given = inputs is not None
     if inputs is None:
@@ -154,10 +157,21 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
                 a = a[None]
             if tuple(a.shape[1:]) != want:
                 raise InvalidArgumentError(f"input {d['name']!r} expects samples of shape {want}, got an array of shape {a.shape}")
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                raise InvalidArgumentError(f"input {d['name']!r} holds {int((~np.isfinite(a)).sum())} NaN or Inf "
+                                           "values; int8 quantization would turn them into arbitrary numbers")
             arrays.append(quantize(a, d))
-    res = runner.run_tflm(data, arrays, num_outputs=len(outs), arena_size=arena_size)
+    res = runner.run_tflm(data, arrays, num_outputs=len(outs), arena_size=arena_size, timeout=timeout)
 
-    raw_out = [r.reshape((-1,) + tuple(d["shape"][1:])) for r, d in zip(res.outputs, outs)]
+    samples = len(arrays[0]) if arrays else 1
+    # (samples, ...) per output; an output without a batch axis of 1 keeps its whole shape per sample
+    raw_out = []
+    for r, d in zip(res.outputs, outs):
+        shape = (samples,) + tuple(d["shape"][1:] if d["shape"][:1] == [1] else d["shape"])
+        if r.size != int(np.prod(shape)):
+            raise TFLMRuntimeError(f"TFLM returned {r.size} values for output {d['name']!r}, "
+                                   f"whose shape {d['shape']} for {samples} samples needs {int(np.prod(shape))}")
+        raw_out.append(r.reshape(shape))
     deq = [dequantize(r, d) for r, d in zip(raw_out, outs)]
     single = len(outs) == 1
     rows = cycles.estimate(info, b.core, b.clock_mhz, kernels, scale=cycle_scale)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflm_export import schema
+from tflm_export import modelinfo, schema
 
 __all__ = ["strip", "breakdown", "TFLM_METADATA", "DATA_ALIGNMENT"]
 
@@ -325,6 +325,7 @@ def strip(model_bytes: bytes, keep_names: bool = False) -> bytes:
         lean_bytes = strip(open("model.tflite", "rb").read())
     """
     fb = schema.fb()
+    modelinfo.inspect_model(model_bytes)   # CorruptModelError before the reader below meets a bad offset
     model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     if any(getattr(buf, "offset", 0) for buf in model.buffers or []):
         return bytes(model_bytes)  # buffers stored outside the flatbuffer (>2 GB): leave as is
@@ -443,6 +444,7 @@ def breakdown(model_bytes: bytes) -> dict:
         b["parts"]["weights"], b["total"]
     """
     fb = schema.fb()
+    modelinfo.inspect_model(model_bytes)   # CorruptModelError before the reader below meets a bad offset
     buf = bytearray(model_bytes)
     model = fb.Model.GetRootAs(buf, 0)
     spans = _Spans(buf)

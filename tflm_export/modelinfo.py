@@ -114,6 +114,9 @@ class ModelInfo:
         return int(sum(op.macs for op in self.ops))
 
 
+_INT_RANGE = {"INT8": (-128, 127), "UINT8": (0, 255), "INT16": (-32768, 32767), "INT4": (-8, 7)}
+
+
 def _s(x) -> str:
     return x.decode("utf-8", "replace") if isinstance(x, bytes) else (x or "")
 
@@ -151,8 +154,18 @@ def inspect_model(model_bytes) -> ModelInfo:
         raise _bad(f"schema version {m.version}, expected 3")
     if not m.subgraphs:
         raise _bad("no subgraphs")
+    _utf8(m.description, "the model description")
     opcodes = m.operatorCodes or []
+    for ci, code in enumerate(opcodes):
+        _utf8(code.customCode, f"operator code {ci}'s custom code")
     buffers = m.buffers or []
+    for entry in m.metadata or []:
+        _utf8(entry.name, "a metadata name")
+        if not 0 <= entry.buffer < len(buffers):
+            raise _bad(f"metadata {_s(entry.name)!r} refers to buffer {entry.buffer}, but there are {len(buffers)}")
+    for sd in m.signatureDefs or []:
+        if not 0 <= sd.subgraphIndex < len(m.subgraphs or []):
+            raise _bad(f"a signature refers to subgraph {sd.subgraphIndex}, but there are {len(m.subgraphs or [])}")
     # buffer sizes (inline data, or offset/size for >2 GB files)
     buf_bytes = []
     for i, b in enumerate(buffers):
@@ -163,53 +176,143 @@ def inspect_model(model_bytes) -> ModelInfo:
         else:
             buf_bytes.append(0 if b.data is None else len(b.data))
 
-    sg = m.subgraphs[0]
+    described = None
+    for si, sg in enumerate(m.subgraphs):   # TFLM reads every subgraph (IF / WHILE bodies): check them all
+        got = _check_subgraph(si, sg, buffers, buf_bytes, opcodes)
+        if described is None:
+            described = got
+    tensors, ops, inputs, outputs = described
+
+    return ModelInfo(
+        size=n, tensors=tensors, ops=ops,
+        inputs=inputs, outputs=outputs,
+        buffers_bytes=int(sum(buf_bytes)), description=_s(m.description), subgraphs=len(m.subgraphs),
+        op_names=tuple(o.name for o in ops),
+    )
+
+
+#: Largest element count of one tensor (TFLM computes byte sizes in 32-bit integers).
+MAX_TENSOR_ELEMENTS = 2 ** 31 - 1
+
+
+def _check_subgraph(si, sg, buffers, buf_bytes, opcodes):
+    """Verify one subgraph's tensors, operators, inputs and outputs; returns (tensors, ops, inputs, outputs)."""
+    where = "" if si == 0 else f"subgraph {si}: "
     tensors = []
     for ti, t in enumerate(sg.tensors or []):
         if not (0 <= t.buffer < max(len(buffers), 1)):
-            raise _bad(f"tensor {ti} refers to buffer {t.buffer}, but there are {len(buffers)} buffers")
+            raise _bad(f"{where}tensor {ti} refers to buffer {t.buffer}, but there are {len(buffers)} buffers")
         shape = tuple(int(s) for s in (t.shape if t.shape is not None else []))
-        if any(s < 0 or s > 1 << 28 for s in shape):
-            raise _bad(f"tensor {ti} has an impossible shape {shape}")
+        if len(shape) > 8 or any(s < 0 or s > 1 << 28 for s in shape):
+            raise _bad(f"{where}tensor {ti} has an impossible shape {shape}")
+        if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+            raise _bad(f"{where}tensor {ti} has {math.prod(shape):,} elements (shape {shape}); "
+                       f"TFLM handles at most {MAX_TENSOR_ELEMENTS:,}")
         dtype = _TYPE_NAMES.get(t.type)
         if dtype is None:
-            raise _bad(f"tensor {ti} has unknown type code {t.type}")
+            raise _bad(f"{where}tensor {ti} has unknown type code {t.type}")
+        _utf8(t.name, f"{where}tensor {ti}'s name")
         data = buf_bytes[t.buffer] if buffers else 0
+        if data and dtype not in TYPE_BITS:
+            raise _bad(f"{where}tensor {ti} holds {data} bytes of constant data of type {dtype}, which has no size")
         if data and dtype in TYPE_BITS:
-            expect = math.ceil(int(np.prod(shape)) * TYPE_BITS[dtype] / 8)
+            expect = math.ceil(math.prod(shape) * TYPE_BITS[dtype] / 8)
             if data != expect:
-                raise _bad(f"tensor {ti} ({_s(t.name)!r}) has {data} data bytes, its {dtype}{list(shape)} needs {expect}")
+                raise _bad(f"{where}tensor {ti} ({_s(t.name)!r}) has {data} data bytes, its {dtype}{list(shape)} "
+                           f"needs {expect}")
         q = t.quantization
         scales = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else ()))
         zps = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))
         qd = int(q.quantizedDimension) if q is not None else 0
+        if any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise _bad(f"{where}tensor {ti} has a scale that is not a positive finite number: {scales[:8]}")
+        if scales and len(zps) not in (0, 1, len(scales)):
+            raise _bad(f"{where}tensor {ti} has {len(scales)} scales but {len(zps)} zero points")
+        if dtype in _INT_RANGE and any(not _INT_RANGE[dtype][0] <= z <= _INT_RANGE[dtype][1] for z in zps):
+            raise _bad(f"{where}tensor {ti} has a zero point outside the {dtype} range: {zps[:8]}")
         # (UINT8 skipped: TFLM's LUT compressor leaves the old scales on the encoded tensor)
-        if len(scales) > 1 and dtype != "UINT8" and (qd >= max(len(shape), 1) or shape[qd] != len(scales)):
-            raise _bad(f"tensor {ti} has {len(scales)} scales but shape {shape} along axis {qd}")
+        if len(scales) > 1 and dtype != "UINT8" and not (0 <= qd < len(shape) and shape[qd] == len(scales)):
+            raise _bad(f"{where}tensor {ti} has {len(scales)} scales but shape {shape} along axis {qd}")
         tensors.append(TensorInfo(ti, _s(t.name), shape, dtype, int(t.buffer), data, scales, zps, qd))
 
-    def idx(lst, what):
+    def idx(lst, what, optional=True):
         out = tuple(int(i) for i in (lst if lst is not None else []))
         for i in out:
-            if i != -1 and not 0 <= i < len(tensors):
-                raise _bad(f"{what} refers to tensor {i}, but the subgraph has {len(tensors)} tensors")
+            if not (optional and i == -1) and not 0 <= i < len(tensors):
+                raise _bad(f"{where}{what} refers to tensor {i}, but the subgraph has {len(tensors)} tensors")
         return out
 
     ops = []
     for oi, op in enumerate(sg.operators or []):
         if not 0 <= op.opcodeIndex < len(opcodes):
-            raise _bad(f"operator {oi} uses opcode {op.opcodeIndex}, but there are {len(opcodes)} operator codes")
+            raise _bad(f"{where}operator {oi} uses opcode {op.opcodeIndex}, but there are {len(opcodes)} "
+                       "operator codes")
         name = schema.opcode_name(opcodes[op.opcodeIndex])
-        info = OpInfo(oi, name, idx(op.inputs, f"operator {oi} ({name})"), idx(op.outputs, f"operator {oi} ({name})"))
+        for kind, options in ((op.builtinOptionsType, op.builtinOptions), (op.builtinOptions2Type, op.builtinOptions2)):
+            if kind and options is None:
+                # C++ readers (the flatbuffer aligner, TFLite) dereference the missing table
+                raise _bad(f"{where}operator {oi} ({name}) declares options of type {kind} but has none")
+        info = OpInfo(oi, name, idx(op.inputs, f"operator {oi} ({name})"),
+                      idx(op.outputs, f"operator {oi} ({name}) output", optional=False))
+        _check_arity(where, info, tensors)
         _count_work(info, op, tensors)
         ops.append(info)
+    inputs = idx(sg.inputs, "the subgraph's inputs", optional=False)
+    outputs = idx(sg.outputs, "the subgraph's outputs", optional=False)
+    if not outputs:
+        raise _bad(f"{where or 'the main subgraph '}has no outputs")
+    _utf8(sg.name, f"{where}the subgraph's name")
+    # a weight operator's filter and bias are constants, or computed by an operator (TFLM_DECODE)
+    produced = {o for op in ops for o in op.outputs}
+    for op in ops:
+        k = _CONSTANT_INPUTS.get(op.name, ())
+        for pos in k:
+            if pos < len(op.inputs) and op.inputs[pos] >= 0:
+                t = tensors[op.inputs[pos]]
+                if not t.is_constant and t.index not in produced:
+                    raise _bad(f"{where}operator {op.index} ({op.name}): its {('filter', 'bias')[pos - 1]} "
+                               f"(tensor {t.index}) has no data and no operator computes it")
+    return tensors, ops, inputs, outputs
 
-    return ModelInfo(
-        size=n, tensors=tensors, ops=ops,
-        inputs=idx(sg.inputs, "subgraph inputs"), outputs=idx(sg.outputs, "subgraph outputs"),
-        buffers_bytes=int(sum(buf_bytes)), description=_s(m.description), subgraphs=len(m.subgraphs),
-        op_names=tuple(o.name for o in ops),
-    )
+
+#: Inputs of the weight operators that must hold data (filter, bias).
+_CONSTANT_INPUTS = {"CONV_2D": (1, 2), "DEPTHWISE_CONV_2D": (1, 2), "FULLY_CONNECTED": (1, 2)}
+
+
+def _utf8(value, what):
+    """Flatbuffer strings are UTF-8; a name that is not was corrupted."""
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(f"{what} is not UTF-8 text: {value[:40]!r}") from None
+
+
+#: Inputs an operator cannot run without (TFLM's kernels read them unchecked), by operator.
+_REQUIRED_INPUTS = {
+    "CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3, "ADD": 2, "SUB": 2, "MUL": 2,
+    "MEAN": 2, "SUM": 2, "REDUCE_MAX": 2, "PAD": 2, "PADV2": 2, "RESHAPE": 1, "SOFTMAX": 1, "MAX_POOL_2D": 1,
+    "AVERAGE_POOL_2D": 1, "QUANTIZE": 1, "DEQUANTIZE": 1, "CONCATENATION": 1, "LOGISTIC": 1, "RELU": 1,
+    "RELU6": 1, "TANH": 1, "HARD_SWISH": 1, "LEAKY_RELU": 1,
+}
+#: Rank of the input and filter of the weight operators.
+_RANKS = {"CONV_2D": (4, 4), "DEPTHWISE_CONV_2D": (4, 4), "FULLY_CONNECTED": (None, 2)}
+
+
+def _check_arity(where, info, tensors):
+    name, ins, outs = info.name, info.inputs, info.outputs
+    what = f"{where}operator {info.index} ({name})"
+    if not outs:
+        raise _bad(f"{what} has no output")
+    need = _REQUIRED_INPUTS.get(name, 0)
+    if len(ins) < need or any(i < 0 for i in ins[:need]):
+        raise _bad(f"{what} needs {need} inputs, has {list(ins)}")
+    if name == DECODE_OP and (len(ins) % 2 or len(ins) // 2 != len(outs) or any(i < 0 for i in ins)):
+        raise _bad(f"{what} needs (encoded, ancillary) input pairs, one output each; has {list(ins)} -> {list(outs)}")
+    if name in _RANKS:
+        for i, rank in zip(ins, _RANKS[name]):
+            if rank is not None and len(tensors[i].shape) != rank:
+                raise _bad(f"{what}: tensor {i} has shape {tensors[i].shape}, the operator needs rank {rank}")
 
 
 def _count_work(info: OpInfo, op, tensors):

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tflm_export import schema, storage
+from tflm_export import modelinfo, schema, storage
 from tflm_export.errors import PackingError
 
 __all__ = ["CHANNEL_BITS_ATTR", "WeightTensor", "detect_levels", "recorded_channel_bits", "analyze", "op_name", "plan",
@@ -146,6 +146,7 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None, channel_bits=N
             (:func:`recorded_channel_bits`); layers without a record get their grids
             detected from the int8 values.
     """
+    info = modelinfo.inspect_model(model_bytes)   # CorruptModelError on a malformed flatbuffer
     me = _editor()
     model = me.read(model_bytes)
     sg = model.subgraphs[0]
@@ -162,6 +163,8 @@ def analyze(model_bytes: bytes, layer_names=(), weight_bits=None, channel_bits=N
             continue
         t = op.inputs[1]
         if t is None or t.buffer is None or t.dtype != schema.fb().TensorType.INT8 or id(t) in seen:
+            continue
+        if not info.tensors[t.index].is_constant:   # computed at run time (not a stored weight)
             continue
         seen.add(id(t))
         axis = storage.CHANNEL_AXIS[fbname]
@@ -273,6 +276,7 @@ def apply(model_bytes: bytes, weights, plans: dict, regrid_only: bool = False) -
     ``regrid_only=True`` applies the INT4 rescaling but keeps the values as
     int8 (for checking INT4 packing bit for bit).
     """
+    modelinfo.inspect_model(model_bytes)   # CorruptModelError on a malformed flatbuffer
     me = _editor()
     fb = schema.fb()
     notes = {}

@@ -38,6 +38,9 @@ def fix_bias_scales(model_bytes: bytes) -> tuple:
     from tflm_export import schema
     from tflm_export.packing import op_name
 
+    from tflm_export import modelinfo
+
+    modelinfo.inspect_model(model_bytes)   # CorruptModelError on a malformed flatbuffer
     fb = schema.fb()
     model = me.read(model_bytes)
     notes = {}
@@ -62,6 +65,9 @@ def fix_bias_scales(model_bytes: bytes) -> tuple:
                 want = np.full(b_scales.size, want[0])
             if np.allclose(b_scales, want, rtol=RTOL, atol=0):
                 continue
+            if want.size != b_scales.size or not np.all(np.isfinite(want.astype(np.float32)) & (want.astype(np.float32) > 0)):
+                notes[b.name or "bias"] = {"skipped": "input and filter scales give no usable bias scale"}
+                continue
             if users.get(id(b), 0) > 1:
                 notes[b.name or "bias"] = {"skipped": "bias shared by several operators"}
                 continue
@@ -69,7 +75,7 @@ def fix_bias_scales(model_bytes: bytes) -> tuple:
             new = np.clip(np.round(bq * b_scales / want), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
             b.buffer = me.Buffer(data=new.tobytes())
             b.quantization = me.Quantization(scales=[float(np.float32(s)) for s in want],
-                                             zero_points=[0] * len(want), axis=b.quantization.axis or 0)
+                                             zero_points=[0] * len(want), axis=0)
             notes[b.name or "bias"] = {"ratio": float(np.median(b_scales / want)), "channels": int(len(want))}
     if not notes:
         return model_bytes, notes

@@ -37,9 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tflm_export import modelinfo
-from tflm_export.errors import TFLMRuntimeError
+from tflm_export.errors import InvalidArgumentError, TFLMRuntimeError
 
-__all__ = ["TFLMRun", "generous_arena", "run_tflm"]
+__all__ = ["MAX_ARENA_BYTES", "TFLMRun", "check_arena_size", "generous_arena", "run_tflm"]
+
+#: The largest arena the host interpreter is asked for: 1 GiB, a thousand times the largest
+#: microcontroller SRAM. A model that needs more is not a TFLM model (or its shapes are corrupted).
+MAX_ARENA_BYTES = 1 << 30
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
 
@@ -72,6 +76,15 @@ def generous_arena(info) -> int:
     return int(act + weights + 64 * 1024)
 
 
+def check_arena_size(arena_size: int, what: str = "the model") -> int:
+    """Refuse arenas above MAX_ARENA_BYTES (InvalidArgumentError) before any memory is taken."""
+    if arena_size > MAX_ARENA_BYTES:
+        raise InvalidArgumentError(
+            f"{what} needs a tensor arena of about {arena_size:,} bytes, more than the {MAX_ARENA_BYTES:,} bytes "
+            "the emulator allows (microcontrollers have at most a few MiB); check the tensor shapes")
+    return int(arena_size)
+
+
 def run_tflm(model_bytes: bytes, inputs, num_outputs: int, arena_size: int | None = None,
              verify_minimal: bool = True, timeout: float = 600.0) -> TFLMRun:
     """Run ``inputs`` (list of typed arrays, one per model input, leading sample axis) through TFLM.
@@ -82,6 +95,7 @@ def run_tflm(model_bytes: bytes, inputs, num_outputs: int, arena_size: int | Non
     """
     if arena_size is None:
         arena_size = generous_arena(modelinfo.inspect_model(model_bytes))
+    check_arena_size(arena_size)
     job = tempfile.mkdtemp(prefix="tflm_job_")
     try:
         with open(os.path.join(job, "model.tflite"), "wb") as f:

@@ -32,7 +32,7 @@ def op_name(builtin_code, custom_code=None) -> str:
     if code == fb().BuiltinOperator.CUSTOM:
         c = custom_code
         if isinstance(c, bytes):
-            return c.decode()
+            return c.decode("utf-8", "replace")
         return str(c) if c else "CUSTOM"
     return builtin_names().get(code, f"BUILTIN_{code}")
 
