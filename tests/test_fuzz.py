@@ -128,6 +128,24 @@ def test_empty_extra_subgraph_is_rejected(seeds):
     _every_reader_rejects(_pack(m), "subgraph 1: has no outputs")
 
 
+def test_uncalled_copy_of_the_main_subgraph_is_rejected(seeds):
+    # was: TFLM crashed (SIGSEGV) while loading, in its child process
+    import copy
+
+    m = _model(seeds["int8"])
+    m.subgraphs.append(copy.deepcopy(m.subgraphs[0]))
+    _every_reader_rejects(_pack(m), r"subgraph\(s\) \[1\] are not called")
+
+
+def test_operator_reading_its_own_output_is_rejected(seeds):
+    # was: TFLM crashed (SIGFPE) while running: a CONV_2D whose filter was its own output
+    m = _model(seeds["int8"])
+    sg = m.subgraphs[0]
+    conv = next(op for op in sg.operators if schema.opcode_name(m.operatorCodes[op.opcodeIndex]) == "CONV_2D")
+    conv.inputs = np.array([conv.inputs[0], conv.outputs[0], conv.inputs[2]], np.int32)
+    _every_reader_rejects(_pack(m), "before an operator computes it")
+
+
 def test_scale_that_is_not_positive_is_rejected(seeds):
     m = _model(seeds["int8"])
     m.subgraphs[0].tensors[0].quantization.scale = np.array([np.nan], np.float32)

@@ -182,6 +182,7 @@ def inspect_model(model_bytes) -> ModelInfo:
         if described is None:
             described = got
     tensors, ops, inputs, outputs = described
+    _check_called_subgraphs(m)
 
     return ModelInfo(
         size=n, tensors=tensors, ops=ops,
@@ -262,6 +263,15 @@ def _check_subgraph(si, sg, buffers, buf_bytes, opcodes):
     if not outputs:
         raise _bad(f"{where or 'the main subgraph '}has no outputs")
     _utf8(sg.name, f"{where}the subgraph's name")
+    # every input exists before its operator runs: a constant, a variable, a subgraph input or an earlier output
+    ready = set(inputs) | {t.index for t in tensors if t.is_constant}
+    ready |= {ti for ti, t in enumerate(sg.tensors or []) if t.isVariable}
+    for op in ops:
+        for i in op.inputs:
+            if i >= 0 and i not in ready and (i in op.outputs or any(i in later.outputs for later in ops[op.index:])):
+                raise _bad(f"{where}operator {op.index} ({op.name}) reads tensor {i} before an operator computes it "
+                           "(the operators are not in execution order, or an operator reads its own output)")
+        ready.update(op.outputs)
     # a weight operator's filter and bias are constants, or computed by an operator (TFLM_DECODE)
     produced = {o for op in ops for o in op.outputs}
     for op in ops:
@@ -273,6 +283,34 @@ def _check_subgraph(si, sg, buffers, buf_bytes, opcodes):
                     raise _bad(f"{where}operator {op.index} ({op.name}): its {('filter', 'bias')[pos - 1]} "
                                f"(tensor {t.index}) has no data and no operator computes it")
     return tensors, ops, inputs, outputs
+
+
+_SUBGRAPH_FIELDS = ("thenSubgraphIndex", "elseSubgraphIndex", "condSubgraphIndex", "bodySubgraphIndex",
+                    "initSubgraphIndex")
+
+
+def _check_called_subgraphs(m):
+    """Subgraphs past the first exist only as bodies of IF / WHILE / CALL_ONCE operators.
+
+    TFLM prepares every subgraph; one that no operator calls (seen: a second copy of the main
+    graph) crashed the interpreter while loading.
+    """
+    count = len(m.subgraphs)
+    called = set()
+    for si, sg in enumerate(m.subgraphs):
+        for oi, op in enumerate(sg.operators or []):
+            for name in _SUBGRAPH_FIELDS:
+                k = getattr(op.builtinOptions, name, None)
+                if k is None:
+                    continue
+                if not 0 < int(k) < count:
+                    raise _bad(f"subgraph {si} operator {oi} calls subgraph {k}, but there are {count} subgraphs "
+                               "(the main subgraph 0 cannot be called)")
+                called.add(int(k))
+    uncalled = sorted(set(range(1, count)) - called)
+    if uncalled:
+        raise _bad(f"subgraph(s) {uncalled} are not called by any IF / WHILE / CALL_ONCE operator; TFLM would "
+                   "still prepare them (a second copy of the main graph crashed it)")
 
 
 #: Inputs of the weight operators that must hold data (filter, bias).
