@@ -123,3 +123,26 @@ def test_normalised_strength_means_the_same_on_two_model_sizes(digits):
         rel[width] = float(search.hard_cost()) / search.reference_cost
     assert rel[8] < 0.6 and rel[32] < 0.6  # both searched in earnest
     assert 0.4 < rel[32] / rel[8] < 2.5, rel  # per-byte strength would have pruned the wide model far harder
+
+
+def test_distillation_teacher_stays_outside_the_search(trained_small_cnn, digits, tmp_path):
+    """A teacher adds to the loss but its weights never join the search's variables, optimizer or file."""
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, strength=0.0)
+    n_vars = len(search.trainable_variables)
+    teacher_kernel = trained_small_cnn.get_layer("conv1").kernel.numpy().copy()
+    search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, teacher=trained_small_cnn, distill=1.0)
+    assert len(search.trainable_variables) == n_vars
+    plain = tfjpq.wrap(trained_small_cnn, strength=0.0)
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
+    # distill=1.0: the loss is the KL to the teacher alone, which is not the task loss
+    kd = search.evaluate(x[:128], y[:128], verbose=0, return_dict=True)
+    keras.utils.set_random_seed(0)
+    h_kd = search.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0).history["loss"][0]
+    keras.utils.set_random_seed(0)
+    h_plain = plain.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0).history["loss"][0]
+    assert abs(h_kd - h_plain) > 1e-3, (kd, h_kd, h_plain)
+    np.testing.assert_array_equal(trained_small_cnn.get_layer("conv1").kernel.numpy(), teacher_kernel)
+    path = str(tmp_path / "s.keras")
+    search.save(path)
+    assert len(keras.models.load_model(path).trainable_variables) == n_vars

@@ -75,7 +75,8 @@ class SearchModel(keras.Model):
         self._reference = self.add_weight(name="cost_reference", shape=(), initializer="ones", trainable=False)
         self._reference.assign(cost_lib.reference_cost(self, self._cost_model))
         self.arch_optimizer = None
-        self.teacher, self.distill, self.distill_temperature = None, 0.0, 1.0
+        object.__setattr__(self, "teacher", None)
+        self.distill, self.distill_temperature = 0.0, 1.0
         self._cost_metric = keras.metrics.Mean(name="cost")
         self._hard_metric = keras.metrics.Mean(name="hard_cost")
         self._strength_metric = keras.metrics.Mean(name="strength")
@@ -161,7 +162,8 @@ class SearchModel(keras.Model):
         self.arch_optimizer = None if arch_optimizer == "shared" else keras.optimizers.get(arch_optimizer)
         if teacher is not None and not 0.0 <= distill <= 1.0:
             raise ValueError(f"distill must be in [0, 1], got {distill}")
-        self.teacher = teacher
+        # untracked: the teacher's weights must not join this model's variables (optimizer, saving)
+        object.__setattr__(self, "teacher", teacher)
         self.distill, self.distill_temperature = float(distill), float(distill_temperature)
         if teacher is not None:
             self._teacher_probs = _outputs_probabilities(teacher)
@@ -304,7 +306,8 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
     check_mode(mode)
     if mode == "fixed":
         raise ValueError("mode='fixed' is what tfjpq.freeze sets; wrap with 'soft', 'hard' or 'gumbel'")
-    graph.check.check_search_arguments(strength, target, temperature, act_clip)   # finite; strength 0 + target
+    graph.check.check_search_arguments(strength, target, temperature, act_clip,  # finite; strength 0 + target
+                                       has_choices=len(weight_bits) > 1 or len(act_bits) > 1)
     if isinstance(min_channels, float) and not 0 < min_channels < 1 or min_channels <= 0:
         raise ValueError(f"min_channels must be an int >= 1 or a fraction in (0, 1), got {min_channels}")
     cost_model = cost_lib.get(cost)

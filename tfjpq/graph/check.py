@@ -212,7 +212,7 @@ def check_finite_weights(model, entry: str = "tfjpq.wrap") -> None:
                     "tfjpq.check_data and train again (keras.callbacks.TerminateOnNaN stops such a run early).")
 
 
-def check_search_arguments(strength, target=None, temperature=1.0, act_clip=6.0) -> None:
+def check_search_arguments(strength, target=None, temperature=1.0, act_clip=6.0, has_choices=True) -> None:
     """``wrap``'s numeric arguments: finite, and a strength the target controller can scale.
 
     ``strength=0`` without a target trains with no cost pressure (a warning); with a target it
@@ -239,7 +239,7 @@ def check_search_arguments(strength, target=None, temperature=1.0, act_clip=6.0)
             raise ValueError("strength=0 with a target: strength is the starting multiplier of the target "
                              "controller, which scales it up or down by a factor per step and cannot leave 0; "
                              "pass a positive strength (the default 0.05 is fine)")
-    elif strength == 0:
+    elif strength == 0 and has_choices:  # (one width and one activation width: plain QAT, nothing to search)
         warnings.warn("tfjpq.wrap(strength=0) without a target: the cost has no weight in the loss, so the search "
                       "will not prune or lower precision; pass strength > 0 or a target", UserWarning, stacklevel=3)
     if number(temperature, "temperature") <= 0:
