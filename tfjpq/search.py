@@ -315,6 +315,7 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
 
     model = graph.check_model(model)
     graph.check.check_finite_weights(model, "tfjpq.wrap")
+    graph.check.warn_untrained_batchnorm(model, "tfjpq.wrap")
     info = graph.analyze(model)
     if not info.linears:
         raise UnsupportedModelError(f"model {model.name!r} has no Conv2D, DepthwiseConv2D or Dense layer to search")

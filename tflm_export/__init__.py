@@ -20,6 +20,7 @@ from tflm_export.errors import (
     CorruptModelError,
     DoesNotFit,
     InvalidArgumentError,
+    OutDirError,
     OutDirExistsError,
     PackingError,
     TFLMExportError,
@@ -29,6 +30,6 @@ from tflm_export.errors import (
 
 __all__ = [
     "convert", "emulate", "Board", "BOARDS", "DoesNotFit", "Artifact", "get_board", "storage",
-    "ConversionError", "CorruptModelError", "InvalidArgumentError", "OutDirExistsError", "PackingError", "TFLMExportError",
+    "ConversionError", "CorruptModelError", "InvalidArgumentError", "OutDirError", "OutDirExistsError", "PackingError", "TFLMExportError",
     "TFLMRuntimeError", "UnsupportedOpError", "EmulationResult",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tflm_export import codegen
-from tflm_export.errors import OutDirExistsError
+from tflm_export.errors import OutDirError, OutDirExistsError
 
 FILES = ("model.tflite", "model_data.cc", "model_data.h", "op_resolver.h", "model_settings.h", "report.json")
 
@@ -127,8 +127,12 @@ class Artifact:
         out_dir = os.path.abspath(os.fspath(out_dir))
         check_out_dir(out_dir, overwrite)
         parent = os.path.dirname(out_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        except OSError as e:
+            raise OutDirError(f"cannot write out_dir {out_dir!r}: {e.strerror or e} ({parent!r} is read-only, "
+                              "missing or full?); nothing was written") from e
         try:
             def write(fname, content):
                 with open(os.path.join(tmp, fname), "wb" if isinstance(content, bytes) else "w") as f:

@@ -129,5 +129,10 @@ def get_board(board) -> Board:
         key = board.strip().lower()
         if key in BOARDS:
             return BOARDS[key]
-        raise InvalidArgumentError(f"unknown board {board!r}; built-in boards are {sorted(BOARDS)}, or pass tflm_export.Board(...)")
+        import difflib
+
+        close = difflib.get_close_matches(key, list(BOARDS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InvalidArgumentError(f"unknown board {board!r}; {hint}built-in boards are {sorted(BOARDS)}, "
+                                   "or pass tflm_export.Board(...)")
     raise TypeError(f"board must be a name or a tflm_export.Board, got {type(board).__name__}")

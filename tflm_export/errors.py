@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "TFLMExportError", "InvalidArgumentError", "ConversionError", "PackingError", "CorruptModelError",
-    "UnsupportedOpError", "TFLMRuntimeError", "OutDirExistsError", "DoesNotFit",
+    "UnsupportedOpError", "TFLMRuntimeError", "OutDirExistsError", "OutDirError", "DoesNotFit",
 ]
 
 
@@ -59,6 +59,10 @@ class TFLMRuntimeError(TFLMExportError, RuntimeError):
 
 class OutDirExistsError(TFLMExportError, FileExistsError):
     """``out_dir`` exists already and ``overwrite=True`` was not given."""
+
+
+class OutDirError(TFLMExportError, OSError):
+    """``out_dir`` cannot be written (a read-only or missing parent, no space); nothing was left half-written."""
 
 
 class DoesNotFit(TFLMExportError):

@@ -17,7 +17,8 @@ from tfjpq.errors import UnsupportedModelError
 from tfjpq.graph.registry import kind_of, supported_names
 
 __all__ = ["check_model", "topological_nodes", "single_input_shape", "layers_with", "load_model", "check_finite_weights",
-           "check_search_arguments"]
+           "check_search_arguments",
+           "warn_untrained_batchnorm"]
 
 
 def check_model(model, capability: str | None = "searchable", entry: str = "tfjpq.wrap") -> keras.Model:
@@ -246,3 +247,31 @@ def check_search_arguments(strength, target=None, temperature=1.0, act_clip=6.0,
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if number(act_clip, "act_clip") <= 0:
         raise ValueError(f"act_clip must be > 0, got {act_clip}")
+
+
+def warn_untrained_batchnorm(model, entry: str) -> list:
+    """Warn (UserWarning) about BatchNormalization layers whose moving statistics were never updated.
+
+    A fresh BN layer holds moving mean 0 and moving variance 1; ZeroQ distils data to match
+    those statistics and the search folds them into the kernels, so both need a trained model.
+    Returns the names of such layers.
+    """
+    import warnings
+
+    import numpy as np
+
+    fresh = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.built:
+            mean, var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
+            if mean.size and not mean.any() and np.all(var == 1.0):
+                fresh.append(layer.name)
+    if fresh:
+        warnings.warn(
+            f"{entry}: the BatchNormalization layer(s) {fresh} still hold their initial statistics (moving mean 0, "
+            "moving variance 1): the model was never trained, or trained with BN frozen. "
+            + ("ZeroQ distils data to match these statistics, " if "zeroq" in entry else
+               "The search folds these statistics into the kernels, ")
+            + "so the result will not reflect the real model. Train it first (BN momentum 0.9 settles in a few epochs).",
+            UserWarning, stacklevel=3)
+    return fresh

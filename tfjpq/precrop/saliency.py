@@ -138,6 +138,9 @@ def _batches(data, batch_size, max_batches, method):
         ds = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
+        from tfjpq.datasets import check_data
+
+        check_data(x, y, what=f"precrop data (method={method!r})")
         if len(x) != len(y):
             raise ValueError(f"data=(x, y) must have as many labels as inputs; got {len(x)} and {len(y)}")
         if len(x) == 0:

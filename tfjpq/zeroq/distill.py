@@ -48,6 +48,9 @@ class _Objective:
 
     def __init__(self, model, input_stats=(0.0, 1.0)):
         model = check_model(model, "known", "zeroq.distill")
+        from tfjpq.graph.check import warn_untrained_batchnorm
+
+        warn_untrained_batchnorm(model, "zeroq.distill")
         self.input_shape = single_input_shape(model, "zeroq.distill")
         pairs = _bn_nodes(model)
         self.bn_names = [bn.name for bn, _ in pairs]

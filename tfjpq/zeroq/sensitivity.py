@@ -119,6 +119,9 @@ def sensitivity(model, data, bits=(2, 4, 8), batch_size=256, from_logits=None, l
         sens.kl["conv1"][2] > sens.kl["conv1"][8]    # True
     """
     check_model(model, "known", "zeroq.sensitivity")
+    from tfjpq.datasets import check_data
+
+    check_data(data, what="zeroq.sensitivity data", names=["data"])
     bits = tuple(sorted({int(b) for b in bits}))
     for b in bits:
         quantizers.check_weight_bits(b)
