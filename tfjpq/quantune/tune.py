@@ -72,6 +72,7 @@ def save_history(path, record: dict) -> None:
             json.dump(record, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
