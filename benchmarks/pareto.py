@@ -2,7 +2,8 @@
 
 For each model (``tfjpq.zoo`` ResNet-8 and DS-CNN) and seed, one float model is
 trained, and every pipeline starts from a copy of it and gets the same
-epochs: ``--search-epochs`` at lr 1e-3, then ``--finetune-epochs`` at lr 3e-4.
+epochs: ``--search-epochs`` at lr 1e-3, then ``--finetune-epochs`` at lr 3e-4
+(the joint search spends the first ``--joint-search-epochs`` of them searching).
 
 - ``uniform-w8/w4/w2``: QAT with every weight at that width.
 - ``joint-size`` / ``joint-tflm``: ``tfjpq.wrap(..., target=B)`` with the
@@ -80,13 +81,13 @@ class Bench:
         self.float_acc = float((self.float_model.predict(self.xt, verbose=0, batch_size=256).argmax(-1)
                                 == self.yt).mean())
 
-    def _fit(self, model, lr, epochs):
+    def _fit(self, model, lr, epochs, **compile_kwargs):
         import keras
 
         if epochs <= 0:
             return
         keras.utils.set_random_seed(self.seed)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=self.loss)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=self.loss, **compile_kwargs)
         model.fit(self.x, self.y, epochs=epochs, batch_size=64, verbose=0)
 
     def uniform_cost(self, bits, cost):
@@ -134,19 +135,28 @@ class Bench:
         return self.measure(frozen, f"uniform-w{bits}", t0, bits=bits)
 
     def joint(self, cost, target, label):
+        """The joint search to ``target``: search briefly, freeze, fine-tune the frozen model for the rest.
+
+        Of the same epochs the baselines get, ``--joint-search-epochs`` search (lr 1e-3), the rest
+        of ``--search-epochs`` fine-tune the frozen model at 1e-3, then ``--finetune-epochs`` at
+        3e-4; with ``--distill`` the float start is the teacher throughout (see docs/search.md).
+        """
         import keras
 
         import tfjpq
 
         t0 = time.time()
         keras.utils.set_random_seed(self.seed)
+        kd = dict(teacher=self.float_model, distill=self.args.distill) if self.args.distill else {}
         search = tfjpq.wrap(self.float_model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost=cost, target=target)
-        search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=self.loss)
-        search.fit(self.x, self.y, epochs=self.args.search_epochs, batch_size=64, verbose=0)
+        search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=self.loss, **kd)
+        n_search = min(self.args.joint_search_epochs, self.args.search_epochs)
+        search.fit(self.x, self.y, epochs=n_search, batch_size=64, verbose=0)
         end_cost = float(search.hard_cost())
         frozen = tfjpq.freeze(search)
         hard = float(frozen.hard_cost())
-        self._fit(frozen, 3e-4, self.args.finetune_epochs)
+        self._fit(frozen, 1e-3, self.args.search_epochs - n_search, **kd)
+        self._fit(frozen, 3e-4, self.args.finetune_epochs, **kd)
         return self.measure(frozen, f"joint-{cost}", t0, cost=cost, target=float(target), budget=label,
                             search_end_cost=end_cost, hard_cost=hard,
                             target_error=hard / float(target) - 1.0)
@@ -247,7 +257,8 @@ def plan(quick):
 
 
 METHODS = ("uniform", "joint-size", "joint-tflm", "l1", "tfmot")
-FLOAT_EPOCHS = {"resnet8": 5, "ds_cnn": 10}  # DS-CNN learns slower per epoch and is cheap
+FLOAT_EPOCHS = {"resnet8": 15, "ds_cnn": 20}  # a converged float start (DS-CNN learns slower per epoch, is cheap)
+DISTILL = 0.5
 
 
 def run_all(args):
@@ -269,7 +280,8 @@ def run_all(args):
     meta = dict(command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
                 date=datetime.date.today().isoformat(), dataset=args.dataset, models=args.models, seeds=args.seeds,
                 float_epochs=args.float_epochs, search_epochs=args.search_epochs,
-                finetune_epochs=args.finetune_epochs, train_samples=len(data[0][0]), test_samples=len(xt))
+                finetune_epochs=args.finetune_epochs, joint_search_epochs=args.joint_search_epochs,
+                distill=args.distill, train_samples=len(data[0][0]), test_samples=len(xt))
     if previous:
         meta["command"] = previous["meta"]["command"] + "` then `" + meta["command"]
         meta["total_s_before"] = previous["meta"].get("total_s", 0) + previous["meta"].get("total_s_before", 0)
@@ -498,7 +510,10 @@ def markdown(result, figs):
              f"Data: {meta['dataset']} ({meta['train_samples']} training, {meta['test_samples']} test images); "
              f"seeds {meta['seeds']}; every pipeline starts from the same float model "
              f"({meta['float_epochs'] or FLOAT_EPOCHS} epochs) and gets {meta['search_epochs']} + {meta['finetune_epochs']} epochs "
-             "(lr 1e-3, then 3e-4).  ",
+             "(lr 1e-3, then 3e-4). The joint search searches for the first "
+             f"{meta.get('joint_search_epochs', meta['search_epochs'])} of them, then fine-tunes the frozen model"
+             + (f", with distillation from the float start (weight {meta['distill']})" if meta.get("distill") else "")
+             + ".  ",
              "Accuracy: TFLM top-1 of the converted flatbuffer on the test images (mean ± std over seeds). "
              "Bytes: the flatbuffer (tfjpq's lean export; tfmot's converter file in brackets, the same file "
              "through `lean.strip` first). Budgets are named after the uniform model whose cost they equal in "
@@ -580,6 +595,10 @@ def main(argv=None):
     p.add_argument("--float-epochs", type=int, default=None)
     p.add_argument("--search-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None)
+    p.add_argument("--joint-search-epochs", type=int, default=1,
+                   help="of --search-epochs, how many the joint search searches before it freezes (rest: fine-tune)")
+    p.add_argument("--distill", type=float, default=DISTILL,
+                   help="joint search: weight of distillation from the float start (0: none)")
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
     p.add_argument("--out", default=os.path.join(RESULTS, "pareto.json"))
     p.add_argument("--md", default=os.path.join(HERE, "RESULTS.md"))

@@ -79,6 +79,7 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--budgets", nargs="+", default=["w4", "w4-w2", "w2"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--float-epochs", type=int, default=None)
     p.add_argument("--cost", default="size", choices=["size", "tflm"])
     p.add_argument("--out", default=os.path.join(pareto.RESULTS, "recipe.json"))
     p.add_argument("--cache", default=os.path.join(os.path.dirname(pareto.HERE), "build", "pareto_cache"))
@@ -86,7 +87,7 @@ def main(argv=None):
     from tfjpq import datasets
 
     data = datasets.load("mnist5k")
-    ns = argparse.Namespace(float_epochs=None, cache=args.cache, search_epochs=3, finetune_epochs=1)
+    ns = argparse.Namespace(float_epochs=args.float_epochs, cache=args.cache, search_epochs=3, finetune_epochs=1)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
     for seed in args.seeds:
         b = pareto.Bench(args.model, seed, data, ns)
