@@ -97,6 +97,7 @@ def main(argv=None):
         for label in args.budgets:
             for name in args.variants:
                 row = run_variant(b, name, VARIANTS[name], args.cost, named[label], label)
+                row["float_epochs"], row["float_acc"] = b.float_epochs, b.float_acc
                 row["spec"] = {k: list(v) if isinstance(v, tuple) else v for k, v in VARIANTS[name].items()}
                 rows = [r for r in rows if (r["model"], r["seed"], r["method"], r["budget"], r["cost"])
                         != (row["model"], row["seed"], row["method"], row["budget"], row["cost"])] + [row]
