@@ -6,7 +6,7 @@ import pytest
 from keras import layers
 
 import tfjpq
-from tfjpq import precrop, zeroq
+from tfjpq import precrop, quantune, zeroq
 from tfjpq.errors import TfjpqError, UnsupportedModelError
 
 
@@ -68,6 +68,9 @@ ENTRY_POINTS = {
     # and the other entry points that read a model's graph
     "precrop.scores": lambda m: precrop.scores(m, "synflow"),
     "zeroq.sensitivity": lambda m: zeroq.sensitivity(m, np.zeros((2, 4), np.float32)),
+    "quantune.tune": lambda m: quantune.tune(m, np.zeros((2, 4), np.float32),
+                                            (np.zeros((2, 4), np.float32), np.zeros(2, int)), trials=1),
+    "quantune.model_features": lambda m: quantune.model_features(m),
 }
 
 
