@@ -107,13 +107,9 @@ def test_chosen_activation_ranges_are_the_deployed_ones(trained, digits):
     info = modelinfo.inspect_model(art.int8_model_bytes)
     by_name = {t.name: t for t in info.tensors}
     plain_by_name = {t.name: t for t in modelinfo.inspect_model(plain.int8_model_bytes).tensors}
-    # the conv outputs (ReLU fused) take exactly the chosen ranges; the logits keep min-max
-    # (a clipped logit can change the arg-max: entropy calibration did that on ResNet-8)
-    out_name = info.tensors[info.outputs[0]].name
-    assert out_name not in chosen
-    assert by_name[out_name].scales[0] == pytest.approx(plain_by_name[out_name].scales[0], rel=1e-5)
-    free = [n for n in chosen if "Relu" in n]
-    assert len(free) >= 2
+    # the conv outputs (ReLU fused) and the logits take exactly the chosen ranges
+    free = [n for n in chosen if "Relu" in n or n == info.tensors[info.outputs[0]].name]
+    assert len(free) >= 3
     for n in free:
         lo, hi = chosen[n]
         t = by_name[n]

@@ -189,8 +189,7 @@ def _int8_with_ranges(conv, representative_data, specs, per_channel, activation_
     those records are replaced by the chosen ranges before the MLIR quantizer turns them into int8
     scales and zero points, so every constraint the quantizer applies (pooling, reshape and
     concatenation share one scale; biases at ``input_scale * filter_scale``) holds for the chosen ranges.
-    The model's inputs and outputs keep their min-max range: a clipped output (entropy calibration
-    clips the long tail, which for logits is the winning class) would change the arg-max.
+    The model inputs keep their min-max range.
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
@@ -206,9 +205,9 @@ def _int8_with_ranges(conv, representative_data, specs, per_channel, activation_
         raise _converter_error(e) from e
     fbm = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     sg = fbm.subgraphs[0]
-    kept = set(int(i) for i in sg.inputs) | set(int(i) for i in sg.outputs)
+    inputs = set(int(i) for i in sg.inputs)
     chosen = [i for i, t in enumerate(sg.tensors)
-              if i not in kept and t.quantization is not None and t.quantization.min is not None
+              if i not in inputs and t.quantization is not None and t.quantization.min is not None
               and len(t.quantization.min) == 1 and t.buffer is not None
               and (fbm.buffers[t.buffer].data is None or len(fbm.buffers[t.buffer].data) == 0)]
     values = activation_values(calibrated, gen(), chosen)
