@@ -39,6 +39,7 @@ VARIANTS = {
     "early1-distill": dict(search=1, hard=0, ft_hi=2, ft_lo=1, distill=0.5),
     "early1-no-2bit": dict(search=1, hard=0, ft_hi=2, ft_lo=1, bits=(0, 4, 8)),
     "early1-lo": dict(search=1, hard=0, ft_hi=1, ft_lo=2),
+    "early1-distill-no-2bit": dict(search=1, hard=0, ft_hi=2, ft_lo=1, distill=0.5, bits=(0, 4, 8)),
 }
 
 
