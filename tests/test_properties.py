@@ -6,15 +6,17 @@ Examples are kept few (``max_examples`` 8..60, no deadline) so the file runs in 
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tfjpq import quantizers
 from tflm_export import packing, schema, storage
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+# derandomize: CI runs the same examples every time (a fresh machine found the FLT_MIN case below);
+# explore further with `pytest tests/test_properties.py --hypothesis-seed=<n>` and a larger max_examples.
+FAST = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                          HealthCheck.function_scoped_fixture])
 
 BITS = st.sampled_from([2, 3, 4, 5, 6, 7, 8])
@@ -35,6 +37,9 @@ def test_grid_has_at_most_2b_minus_1_levels_per_channel(w, bits):
 
 @FAST
 @given(w=weights, bits=BITS)
+# found on a fresh machine: a channel at exactly float32's smallest normal gave NaN / 0 in TensorFlow
+@example(w=np.array([[[1.1754944e-38], [0.0]]], np.float32), bits=3)
+@example(w=np.array([[[1.1754944e-38]]], np.float32), bits=8)
 def test_quantizing_twice_changes_nothing(w, bits):
     once = quantizers.quantize_weights_np(w, bits)
     twice = quantizers.quantize_weights_np(once, bits)

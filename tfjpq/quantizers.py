@@ -36,7 +36,10 @@ __all__ = [
 ]
 
 SUPPORTED_WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
-_TINY = float(np.finfo(np.float32).tiny)   # smallest normal float32; absmax / 127 of it stays > 0 only as a denormal
+# The smallest per-channel scale: a channel whose max |w| / levels is below it quantizes to zeros.
+# Far above float32's denormals, so TensorFlow (which flushes denormals to zero) and NumPy agree:
+# any weight that rounds to a non-zero level (>= scale / 2) is a normal float.
+_MIN_SCALE = 2.0 ** -100
 SUPPORTED_ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
@@ -74,8 +77,8 @@ def channel_scales_np(w: np.ndarray, bits: int, channel_axis: int = -1) -> np.nd
     if n == 0:
         return np.zeros_like(np.max(np.abs(w), axis=_reduce_axes(w.ndim, channel_axis), keepdims=True))
     absmax = np.max(np.abs(w), axis=_reduce_axes(w.ndim, channel_axis), keepdims=True).astype(np.float32)
-    # a channel below the smallest normal float32 quantizes to zeros (TensorFlow flushes such denormals)
-    return np.where(absmax >= _TINY, absmax / np.float32(n), np.float32(1.0)).astype(np.float32)
+    # a channel whose scale would be below _MIN_SCALE quantizes to zeros
+    return np.where(absmax >= _MIN_SCALE * n, absmax / np.float32(n), np.float32(1.0)).astype(np.float32)
 
 
 def quantize_weights_np(w: np.ndarray, bits: int, channel_axis: int = -1) -> np.ndarray:
@@ -101,7 +104,7 @@ def quantize_weights(w: tf.Tensor, bits: int, channel_axis: int = -1) -> tf.Tens
     rank = len(w.shape)
     absmax = tf.reduce_max(tf.abs(w), axis=_reduce_axes(rank, channel_axis), keepdims=True)
     absmax = tf.stop_gradient(absmax)
-    scale = tf.where(absmax >= _TINY, absmax / float(n), tf.ones_like(absmax))
+    scale = tf.where(absmax >= _MIN_SCALE * n, absmax / float(n), tf.ones_like(absmax))
     q = tf.clip_by_value(tf.round(w / scale), -float(n), float(n)) * scale
     return w + tf.stop_gradient(q - w)
 
