@@ -100,7 +100,7 @@ class Bench:
         import tflm_export
 
         run = tflm_export.emulate(artifact_or_bytes, inputs=self.xt, check_fit=False)
-        return run, float((np.asarray(run.outputs).reshape(len(self.xt), -1).argmax(-1) == self.yt).mean())
+        return run, tflm_export.top1_accuracy(run.outputs, self.yt)
 
     def measure(self, frozen, method, t0, **extra):
         """Export, convert, run in TFLM; one result row."""

@@ -20,7 +20,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import tfjpq  # noqa: E402
 from tfjpq import datasets, precrop, zoo  # noqa: E402
@@ -101,7 +100,7 @@ def main(argv=None):
     art = tflm_export.convert(deploy, representative_data=x[:200], out_dir=args.out, overwrite=True)
     print(f"wrote {args.out}/ ({', '.join(sorted(os.listdir(args.out)))})")
     run = tflm_export.emulate(art, board=args.board, inputs=xt)
-    tflm_acc = float((np.asarray(run.outputs).reshape(len(xt), -1).argmax(-1) == yt).mean())
+    tflm_acc = tflm_export.top1_accuracy(run.outputs, yt)
     print(run.summary())
     print(f"TFLM test accuracy {tflm_acc:.4f}")
     print(f"\ndone in {time.time() - t0:.0f} s")

@@ -20,7 +20,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import tfjpq  # noqa: E402
 from tfjpq import datasets, zoo  # noqa: E402
@@ -103,7 +102,7 @@ def main(argv=None):
 
     step(f"6/6 run in TFLite Micro on {args.board}")
     run = tflm_export.emulate(art, board=args.board, inputs=xt)
-    tflm_acc = float((np.asarray(run.outputs).reshape(len(xt), -1).argmax(-1) == yt).mean())
+    tflm_acc = tflm_export.top1_accuracy(run.outputs, yt)
     print(run.report() if hasattr(run, "report") else run)
     print(f"TFLM test accuracy {tflm_acc:.4f}")
     print(f"\ndone in {time.time() - t0:.0f} s")

@@ -324,3 +324,12 @@ def test_out_dir_files_compile_and_overwrite_protection(deploy4, art4, digits, t
     art2 = tflm_export.convert(deploy4, x_tr[:50], out_dir=out, pack="int8", overwrite=True)
     assert (out / "model.tflite").read_bytes() == art2.model_bytes
     assert sorted(os.listdir(tmp_path)) == sorted(["fw", "inc", "main.cc"] if gxx else ["fw"])  # no temp dirs left
+
+
+def test_top1_accuracy_reads_index_column_and_one_hot_labels():
+    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = np.array([1, 0, 0, 0])
+    assert tflm_export.top1_accuracy(scores, labels) == 0.75
+    assert tflm_export.top1_accuracy(scores, labels[:, None]) == 0.75     # (N, 1) class indices
+    assert tflm_export.top1_accuracy(scores, np.eye(2)[labels]) == 0.75   # one-hot rows
+    assert tflm_export.top1_accuracy(scores[:, None, :], labels) == 0.75  # a TFLM output (N, 1, C)

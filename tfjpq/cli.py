@@ -101,16 +101,6 @@ def _check_out(path, what="--out"):
     return path
 
 
-def _top1(outputs, labels):
-    import numpy as np
-
-    out = np.asarray(outputs).reshape(len(labels), -1)
-    labels = np.asarray(labels)
-    if labels.ndim > 1:
-        labels = labels.argmax(-1)
-    return float((out.argmax(-1) == labels).mean())
-
-
 def _save(model, path):
     model.save(path)
     _say(f"wrote {path} ({os.path.getsize(path):,} bytes)")
@@ -153,6 +143,7 @@ def cmd_search(fv, args):
 def cmd_freeze(fv, args):
     """Fix the search's choices (projected onto the budget in target mode), optionally fine-tune."""
     import keras
+    import tflm_export
 
     import tfjpq
 
@@ -180,7 +171,7 @@ def cmd_freeze(fv, args):
                           teacher=teacher, distill=fv["distill"].value)
             tuned.fit(x, y, epochs=epochs, batch_size=fv["batch-size"].value, verbose=fv["keras-verbose"].value)
         if len(xt):
-            acc = _top1(tuned.predict(xt, verbose=0, batch_size=256), yt)
+            acc = tflm_export.top1_accuracy(tuned.predict(xt, verbose=0, batch_size=256), yt)
             _say(f"test accuracy {acc:.4f}")
     _save(tuned, out)
     return 0
@@ -250,7 +241,7 @@ def cmd_emulate(fv, args):
                               check_fit=not fv["no-check-fit"].value)
     _say(run.summary())
     if labels is not None and run.outputs is not None and not isinstance(run.outputs, list):
-        _say(f"TFLM top-1 {_top1(run.outputs, labels):.4f} on {len(labels)} test inputs")
+        _say(f"TFLM top-1 {tflm_export.top1_accuracy(run.outputs, labels):.4f} on {len(labels)} test inputs")
     if not run.fits:
         _say(f"does NOT fit {board.name}")
         return 3

@@ -14,7 +14,7 @@ from tflm_export import storage  # noqa: F401  (pure Python, for cost models)
 from tflm_export.artifact import Artifact
 from tflm_export.boards import BOARDS, Board, get_board
 from tflm_export.convert import convert
-from tflm_export.emulation import EmulationResult, emulate
+from tflm_export.emulation import EmulationResult, emulate, top1_accuracy
 from tflm_export.errors import (
     ConversionError,
     CorruptModelError,
@@ -31,5 +31,5 @@ from tflm_export.errors import (
 __all__ = [
     "convert", "emulate", "Board", "BOARDS", "DoesNotFit", "Artifact", "get_board", "storage",
     "ConversionError", "CorruptModelError", "InvalidArgumentError", "OutDirError", "OutDirExistsError", "PackingError", "TFLMExportError",
-    "TFLMRuntimeError", "UnsupportedOpError", "EmulationResult",
+    "TFLMRuntimeError", "UnsupportedOpError", "EmulationResult", "top1_accuracy",
 ]

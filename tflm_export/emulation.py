@@ -11,7 +11,7 @@ from tflm_export.artifact import Artifact, dequantize, io_details, quantize
 from tflm_export.boards import Board, get_board
 from tflm_export.errors import DoesNotFit, InvalidArgumentError, TFLMRuntimeError
 
-__all__ = ["EmulationResult", "emulate"]
+__all__ = ["EmulationResult", "emulate", "top1_accuracy"]
 
 
 @dataclass
@@ -100,6 +100,24 @@ def _model_bytes(artifact_or_bytes):
         with open(artifact_or_bytes, "rb") as f:
             return f.read()
     raise TypeError(f"emulate() takes an Artifact, .tflite bytes or a path, got {type(artifact_or_bytes).__name__}")
+
+
+def top1_accuracy(outputs, labels) -> float:
+    """The fraction of samples whose arg-max output is the label (a fraction in [0, 1]).
+
+    ``outputs``: one row of scores per sample (any trailing shape). ``labels``: class indices,
+    shape (N,) or (N, 1), or one-hot / probability rows (N, C).
+
+    Example::
+
+        run = tflm_export.emulate(art, inputs=x_test)
+        tflm_export.top1_accuracy(run.outputs, y_test)      # 0.934
+    """
+    labels = np.asarray(labels)
+    out = np.asarray(outputs).reshape(len(labels), -1)
+    if labels.ndim > 1 and labels.reshape(len(labels), -1).shape[1] > 1:
+        labels = labels.reshape(len(labels), -1).argmax(-1)
+    return float((out.argmax(-1) == labels.reshape(-1)).mean())
 
 
 def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "cmsis-nn",
