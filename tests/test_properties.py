@@ -155,6 +155,21 @@ def _grid_values(rng, shape, axis, bits_per_channel):
     return np.moveaxis(moved, 0, axis)
 
 
+def _packed_on_grid(int8_model, data, bits, method):
+    """The fixture's conv filter on per-channel ``bits`` grids (values seeded from ``data``), packed by ``method``.
+
+    Returns ``(packed flatbuffer, packing.analyze weights, plans, filter tensor index, shape, int8 values)``.
+    """
+    seed = data.draw(st.integers(0, 2 ** 16))
+    _, shape, _ = _with_weights(int8_model, "CONV_2D", None)
+    values = _grid_values(np.random.default_rng(seed), shape, 0, bits)
+    model, shape, ti = _with_weights(int8_model, "CONV_2D", values)
+    weights = packing.analyze(model)
+    plans = packing.plan(weights, method)
+    packed, _ = packing.apply(model, weights, plans)
+    return packed, weights, plans, ti, shape, values
+
+
 def _decode_lut(model_bytes, tensor_index):
     """Decode a TFLM_DECODE'd tensor from the packed flatbuffer: indices (big-endian bit order) into value tables."""
     fb = schema.fb()
@@ -178,13 +193,7 @@ def _decode_lut(model_bytes, tensor_index):
 @SLOW
 @given(data=st.data(), bits=st.lists(st.integers(2, 8), min_size=4, max_size=4))
 def test_lut_packing_round_trips_exactly(int8_model, data, bits):
-    seed = data.draw(st.integers(0, 2 ** 16))
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", None)
-    values = _grid_values(np.random.default_rng(seed), shape, 0, bits)
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", values)
-    weights = packing.analyze(model)
-    plans = packing.plan(weights, "lut")
-    packed, _ = packing.apply(model, weights, plans)
+    packed, _, plans, ti, _, values = _packed_on_grid(int8_model, data, bits, "lut")
     if plans[ti].method != "lut":          # an index of 8 bits: the tensor stays int8
         assert max(bits) == 8
         return
@@ -194,13 +203,7 @@ def test_lut_packing_round_trips_exactly(int8_model, data, bits):
 @SLOW
 @given(data=st.data(), bits=st.lists(st.integers(2, 4), min_size=4, max_size=4))
 def test_int4_packing_of_a_flatbuffer_round_trips_onto_the_grid(int8_model, data, bits):
-    seed = data.draw(st.integers(0, 2 ** 16))
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", None)
-    values = _grid_values(np.random.default_rng(seed), shape, 0, bits)
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", values)
-    weights = packing.analyze(model)
-    plans = packing.plan(weights, "int4")
-    packed, _ = packing.apply(model, weights, plans)
+    packed, _, _, ti, shape, values = _packed_on_grid(int8_model, data, bits, "int4")
     fb = schema.fb()
     m = fb.ModelT.InitFromPackedBuf(bytearray(packed), 0)
     t = m.subgraphs[0].tensors[ti]
@@ -217,12 +220,7 @@ def test_storage_rules_equal_the_flatbuffers_bytes(int8_model, data, pack, bits)
     """What storage.plan_tensor prices (the cost model's rules) is what the packed flatbuffer stores."""
     from tflm_export import lean, modelinfo
 
-    seed = data.draw(st.integers(0, 2 ** 16))
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", None)
-    model, shape, ti = _with_weights(int8_model, "CONV_2D", _grid_values(np.random.default_rng(seed), shape, 0, bits))
-    weights = packing.analyze(model)
-    plans = packing.plan(weights, pack)
-    packed, _ = packing.apply(model, weights, plans)
+    packed, weights, plans, _, _, _ = _packed_on_grid(int8_model, data, bits, pack)
     info = modelinfo.inspect_model(lean.strip(packed))
     ancillary = {op.inputs[0]: op.inputs[1] for op in info.ops if op.name == "TFLM_DECODE"}
     for w in weights:
