@@ -134,32 +134,45 @@ class Bench:
         self._fit(frozen, 3e-4, self.args.finetune_epochs)
         return self.measure(frozen, f"uniform-w{bits}", t0, bits=bits)
 
-    def joint(self, cost, target, label):
+    def joint(self, cost, target, label, method=None, search_epochs=None, hard_epochs=0, ft_hi=None, ft_lo=None,
+              bits=(0, 2, 4, 8), distill=None):
         """The joint search to ``target``: search briefly, freeze, fine-tune the frozen model for the rest.
 
         Of the same epochs the baselines get, ``--joint-search-epochs`` search (lr 1e-3), the rest
         of ``--search-epochs`` fine-tune the frozen model at 1e-3, then ``--finetune-epochs`` at
         3e-4; with ``--distill`` the float start is the teacher throughout (see docs/search.md).
+        The keyword arguments override that recipe (``benchmarks/recipe.py`` varies them);
+        ``hard_epochs`` search on in straight-through (argmax) mode before the freeze.
         """
         import keras
 
         import tfjpq
 
+        a = self.args
+        search_epochs = min(a.joint_search_epochs, a.search_epochs) if search_epochs is None else search_epochs
+        ft_hi = a.search_epochs - search_epochs if ft_hi is None else ft_hi
+        ft_lo = a.finetune_epochs if ft_lo is None else ft_lo
+        distill = a.distill if distill is None else distill
         t0 = time.time()
         keras.utils.set_random_seed(self.seed)
-        kd = dict(teacher=self.float_model, distill=self.args.distill) if self.args.distill else {}
-        search = tfjpq.wrap(self.float_model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost=cost, target=target)
+        kd = dict(teacher=self.float_model, distill=distill) if distill else {}
+        search = tfjpq.wrap(self.float_model, weight_bits=bits, act_bits=(8,), cost=cost, target=target)
         search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=self.loss, **kd)
-        n_search = min(self.args.joint_search_epochs, self.args.search_epochs)
-        search.fit(self.x, self.y, epochs=n_search, batch_size=64, verbose=0)
+        if search_epochs:
+            search.fit(self.x, self.y, epochs=search_epochs, batch_size=64, verbose=0)
+        if hard_epochs:
+            for c in search.precision_choices():
+                c.mode = "hard"
+            search.train_function = None
+            search.fit(self.x, self.y, epochs=hard_epochs, batch_size=64, verbose=0)
         end_cost = float(search.hard_cost())
         frozen = tfjpq.freeze(search)
         hard = float(frozen.hard_cost())
-        self._fit(frozen, 1e-3, self.args.search_epochs - n_search, **kd)
-        self._fit(frozen, 3e-4, self.args.finetune_epochs, **kd)
-        return self.measure(frozen, f"joint-{cost}", t0, cost=cost, target=float(target), budget=label,
-                            search_end_cost=end_cost, hard_cost=hard,
-                            target_error=hard / float(target) - 1.0)
+        self._fit(frozen, 1e-3, ft_hi, **kd)
+        self._fit(frozen, 3e-4, ft_lo, **kd)
+        return self.measure(frozen, method or f"joint-{cost}", t0, cost=cost, target=float(target), budget=label,
+                            search_end_cost=end_cost, hard_cost=hard, target_error=hard / float(target) - 1.0,
+                            moves=(frozen.projection or {}).get("moves"))
 
     def l1(self, bits, target, label):
         """L1-ranked channel pruning to ``target`` bytes of weights, then uniform QAT at ``bits``."""

@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,34 +43,10 @@ VARIANTS = {
 
 
 def run_variant(b, name, spec, cost, target, label):
-    import keras
-
-    import tfjpq
-
-    t0 = time.time()
-    keras.utils.set_random_seed(b.seed)
-    bits = spec.get("bits", (0, 2, 4, 8))
-    search = tfjpq.wrap(b.float_model, weight_bits=bits, act_bits=(8,), cost=cost, target=target)
-    kw = dict(teacher=b.float_model, distill=spec["distill"]) if spec.get("distill") else {}
-    search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=b.loss, **kw)
-    if spec["search"]:
-        search.fit(b.x, b.y, epochs=spec["search"], batch_size=64, verbose=0)
-    if spec["hard"]:
-        for c in search.precision_choices():
-            c.mode = "hard"
-        search.train_function = None
-        search.fit(b.x, b.y, epochs=spec["hard"], batch_size=64, verbose=0)
-    end_cost = float(search.hard_cost())
-    frozen = tfjpq.freeze(search)
-    hard = float(frozen.hard_cost())
-    for lr, n in ((1e-3, spec["ft_hi"]), (3e-4, spec["ft_lo"])):
-        if n:
-            keras.utils.set_random_seed(b.seed)
-            frozen.compile(optimizer=keras.optimizers.Adam(lr), loss=b.loss, **kw)
-            frozen.fit(b.x, b.y, epochs=n, batch_size=64, verbose=0)
-    return b.measure(frozen, name, t0, cost=cost, target=float(target), budget=label, search_end_cost=end_cost,
-                     hard_cost=hard, target_error=hard / float(target) - 1.0,
-                     moves=(frozen.projection or {}).get("moves"))
+    """One variant through pareto's joint pipeline (``Bench.joint``), with its epochs, widths and distillation."""
+    return b.joint(cost, target, label, method=name, search_epochs=spec["search"], hard_epochs=spec["hard"],
+                   ft_hi=spec["ft_hi"], ft_lo=spec["ft_lo"], bits=spec.get("bits", (0, 2, 4, 8)),
+                   distill=spec.get("distill", 0.0))
 
 
 def main(argv=None):
