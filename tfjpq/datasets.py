@@ -103,16 +103,18 @@ def _prepared_builder(name: str, data_dir, download: bool):
 
     from tfjpq.errors import DataError
 
-    from absl import logging as absl_logging
+    import logging
 
     data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else None
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)   # tfds warns about the missing folder; we say more below
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)   # tfds warns about the missing folder; the error below says more
     try:
         builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
     finally:
-        absl_logging.set_verbosity(verbosity)
-    if builder.is_prepared():
+        absl_logger.setLevel(level)
+    if prepared:
         return builder
     if download:
         builder.download_and_prepare()
