@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED = 1
 
-.PHONY: demo test test-fast bench pareto venv clean firmware-size latency-calibration
+.PHONY: demo test test-fast bench pareto venv clean firmware-size latency-calibration bazel-test
 
 venv: $(VENV)/.installed
 
@@ -54,3 +54,14 @@ firmware-size: venv
 # Cycle model vs published TFLM latencies (benchmarks/results/latency_calibration.json).
 latency-calibration: venv
 	$(PY) benchmarks/latency_calibration.py
+
+# The fast tests through Bazel (BUILD: one py_test per tests/test_*.py), offline, with Debian's
+# bazel-bootstrap 4.2 (installed when missing) and the .venv as Python runtime and pip hub
+# (WORKSPACE, tools/bazel/). Bazel 4 downloads rules_cc, rules_java and its coverage tools before
+# any test; tools/bazel/offline stands in for them (it needs absolute paths, hence here).
+BAZEL_OFFLINE := $(foreach r,rules_cc rules_java remote_coverage_tools,\
+	--override_repository=$(r)=$(CURDIR)/tools/bazel/offline/$(r))
+bazel-test: venv
+	@command -v bazel >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y --no-install-recommends bazel-bootstrap; }
+	bazel test $(BAZEL_OFFLINE) --local_test_jobs=2 --test_arg=-m --test_arg="not slow" //...
