@@ -11,14 +11,17 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 
 import keras
 import numpy as np
 
 from tfjpq.layers import ActivationChoice, PrecisionChoice
 
-__all__ = ["TemperatureDecay", "StrengthWarmup", "SearchLogger"]
+__all__ = ["TemperatureDecay", "StrengthWarmup", "SearchLogger", "save_records", "load_records"]
 
 
 def _temperatures(model):
@@ -45,7 +48,18 @@ class TemperatureDecay(keras.callbacks.Callback):
 
 
 class StrengthWarmup(keras.callbacks.Callback):
-    """Ramp the cost strength linearly from ``start`` x to 1 x its value over ``epochs`` epochs."""
+    """Ramp the cost strength linearly from ``start`` x to 1 x its value over ``epochs`` epochs.
+
+    The value ramped to is the strength set on the model (``wrap(strength=)``
+    or ``search.strength = ...``), which a model variable keeps apart from the
+    ramped one, so a fit resumed by ``keras.callbacks.BackupAndRestore`` ramps
+    to the same value.
+
+    Example::
+
+        search = tfjpq.wrap(model, strength=0.2)
+        search.fit(x, y, epochs=6, callbacks=[tfjpq.callbacks.StrengthWarmup(epochs=3)])
+    """
 
     def __init__(self, epochs=3, start=0.0):
         super().__init__()
@@ -60,11 +74,12 @@ class StrengthWarmup(keras.callbacks.Callback):
         if getattr(self.model, "target", None) is not None:
             raise ValueError("StrengthWarmup ramps a fixed strength; with target= the strength is adapted by the "
                              "search itself (tfjpq.budget): drop StrengthWarmup")
-        self.target = self.model.strength
+        # with a fixed strength the multiplier holds the strength set; the ramp only writes the effective one
+        self.target = float(self.model._multiplier.numpy())
 
     def on_epoch_begin(self, epoch, logs=None):
         frac = min(1.0, self.start + (1.0 - self.start) * epoch / self.epochs)
-        self.model.strength = self.target * frac
+        self.model._strength.assign(self.target * frac)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -87,19 +102,44 @@ class SearchLogger(keras.callbacks.Callback):
     every epoch. With ``log_dir``, bit-width histograms are also written as
     TensorBoard histograms.
 
+    With ``backup_path`` (a JSON file), the records are rewritten there
+    (atomically) after every epoch, and a ``fit`` that starts past epoch 0
+    (resumed by ``keras.callbacks.BackupAndRestore``, or given
+    ``initial_epoch``) reads them back when this logger holds none, keeping
+    those of the epochs before it. A resumed run then has the records of the
+    uninterrupted one.
+
     Example::
 
         logger = tfjpq.callbacks.SearchLogger()
         search.fit(x, y, epochs=6, callbacks=[logger])
         # [tfjpq] epoch 6: hard cost 2.01e+04 bytes / target 2e+04 (+0.5%), strength 0.31, ...
         logger.records[-1]["hard_cost"]
+
+        # resumable: the backup and the records survive a killed process
+        search.fit(x, y, epochs=6, callbacks=[keras.callbacks.BackupAndRestore("ckpt/backup"),
+                                              tfjpq.callbacks.SearchLogger(backup_path="ckpt/records.json")])
     """
 
-    def __init__(self, verbose=1, log_dir=None):
+    def __init__(self, verbose=1, log_dir=None, backup_path=None):
         super().__init__()
         self.verbose, self.log_dir = verbose, log_dir
+        self.backup_path = None if backup_path is None else os.fspath(backup_path)
         self.records = []
         self._writer = None
+        self._fit_started = False
+
+    def on_train_begin(self, logs=None):
+        self._fit_started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._fit_started:
+            return
+        self._fit_started = True
+        if epoch > 0:  # a resumed fit: the records of the epochs before it, each once
+            if not self.records and self.backup_path and os.path.exists(self.backup_path):
+                self.records = load_records(self.backup_path)
+            self.records = [r for r in self.records if r["epoch"] < epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         from tfjpq.summary import profile
@@ -138,3 +178,51 @@ class SearchLogger(keras.callbacks.Callback):
                 tf.summary.scalar("tfjpq/hard_cost", hard)
                 tf.summary.scalar("tfjpq/strength", strength)
             self._writer.flush()
+        if self.backup_path:
+            save_records(self.backup_path, self.records)
+
+
+def save_records(path, records):
+    """Write :class:`SearchLogger` records as JSON, atomically (a temporary sibling file, then a rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".records-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(records, f, default=_json_default)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_records(path):
+    """Read records written by :func:`save_records` (bit-width histogram keys back to ints).
+
+    Example::
+
+        records = tfjpq.callbacks.load_records("ckpt/records.json")
+        records[-1]["hard_cost"]
+    """
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"SearchLogger records file {os.fspath(path)!r} is not valid JSON ({e}); delete it to start "
+                         "the records afresh") from None
+    for r in records:
+        for part in [r["totals"]] + list(r["rows"]):
+            if "bits_histogram" in part:
+                part["bits_histogram"] = {int(b): n for b, n in part["bits_histogram"].items()}
+    return records
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras.src.losses import loss as loss_module
+
 from tfjpq import budget, graph, quantizers
 from tfjpq import cost as cost_lib
 from tfjpq.errors import NotASearchModelError, UnsupportedModelError
@@ -112,6 +114,8 @@ class SearchModel(keras.Model):
 
     @property
     def target(self):
+        if self._target is None:  # a fixed strength: the multiplier keeps it (what StrengthWarmup ramps up to)
+            self._multiplier.assign(float(value))
         """The budget in ``cost_model.unit``, or None (fixed strength). Settable; checked like ``wrap``'s."""
         return self._target
 
@@ -157,9 +161,11 @@ class SearchModel(keras.Model):
     def compile(self, *args, arch_optimizer=None, teacher=None, distill=0.5, distill_temperature=2.0, **kwargs):
         """``keras.Model.compile`` plus the logits' optimizer and optional distillation (see the class doc)."""
         super().compile(*args, **kwargs)
-        if arch_optimizer is None:
-            arch_optimizer = keras.optimizers.Adam(DEFAULT_ARCH_LR)
-        self.arch_optimizer = None if arch_optimizer == "shared" else keras.optimizers.get(arch_optimizer)
+        with self.distribute_strategy.scope():
+            if arch_optimizer is None:
+                arch_optimizer = keras.optimizers.Adam(DEFAULT_ARCH_LR)
+            self.arch_optimizer = None if arch_optimizer == "shared" else keras.optimizers.get(arch_optimizer)
+            self._build_optimizers()
         if teacher is not None and not 0.0 <= distill <= 1.0:
             raise ValueError(f"distill must be in [0, 1], got {distill}")
         # untracked: the teacher's weights must not join this model's variables (optimizer, saving)
@@ -171,6 +177,28 @@ class SearchModel(keras.Model):
 
     def _distill_loss(self, x, y_pred):
         t = self.distill_temperature
+
+    def _weight_variables(self):
+        """The trainable variables the main optimizer updates (all of them with ``arch_optimizer="shared"``)."""
+        if self.arch_optimizer is None:
+            return list(self.trainable_variables)
+        arch_ids = {id(v) for v in self.arch_variables()}
+        return [v for v in self.trainable_variables if id(v) not in arch_ids]
+
+    def _build_optimizers(self):
+        """Create the optimizers' slots now, each on the variables it updates.
+
+        Otherwise the logits' optimizer would be built inside the first
+        (distributed) train step, which ``tf.distribute`` cannot do, and
+        ``keras.callbacks.BackupAndRestore`` would build the main optimizer on
+        every trainable variable, logits included, and then skip restoring both
+        optimizers' states (their variable counts would not match the backup).
+        """
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self._weight_variables())
+        arch = self.arch_variables()
+        if self.arch_optimizer is not None and arch and not self.arch_optimizer.built:
+            self.arch_optimizer.build(arch)
 
         def log_p(y, probs):
             y = tf.cast(y, tf.float32)
@@ -187,8 +215,11 @@ class SearchModel(keras.Model):
         if not training:
             return loss
         if self.teacher is not None and self.distill > 0:
-            loss = (1.0 - self.distill) * loss + self.distill * self._distill_loss(x, y_pred)
+            loss = (1.0 - self.distill) * loss + scale(self.distill * self._distill_loss(x, y_pred))
         c = self.cost(training=True)
+        # Under tf.distribute, Keras divides the task loss by the number of replicas (the gradients are summed
+        # over them); the terms added here get the same scale. On one device it does nothing.
+        scale = loss_module.scale_loss_for_distribution
         hard = tf.stop_gradient(self.hard_cost())
         self._hard_cost_var.assign(hard)
         if self._target is not None and self.arch_variables():
@@ -205,7 +236,7 @@ class SearchModel(keras.Model):
         for b, n in counts.items():
             self._bits_metrics[b].update_state(n)
         self._kept_metric.update_state(tf.add_n([n for b, n in counts.items() if b != 0]))
-        return loss + strength * c / self._reference
+        return loss + scale(strength * c / self._reference)
 
     def train_step(self, data):
         if self.arch_optimizer is None:
@@ -216,10 +247,10 @@ class SearchModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            self._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss),
+                                            sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         arch = self.arch_variables()
-        arch_ids = {id(v) for v in arch}
-        weights = [v for v in self.trainable_variables if id(v) not in arch_ids]
+        weights = self._weight_variables()
         grads = tape.gradient(loss, weights + arch)
         self.optimizer.apply_gradients(zip(grads[: len(weights)], weights))
         if arch:
