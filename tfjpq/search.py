@@ -111,11 +111,11 @@ class SearchModel(keras.Model):
     @strength.setter
     def strength(self, value):
         self._strength.assign(float(value))
+        if self._target is None:  # a fixed strength: the multiplier keeps it (what StrengthWarmup ramps up to)
+            self._multiplier.assign(float(value))
 
     @property
     def target(self):
-        if self._target is None:  # a fixed strength: the multiplier keeps it (what StrengthWarmup ramps up to)
-            self._multiplier.assign(float(value))
         """The budget in ``cost_model.unit``, or None (fixed strength). Settable; checked like ``wrap``'s."""
         return self._target
 
@@ -175,9 +175,6 @@ class SearchModel(keras.Model):
             self._teacher_probs = _outputs_probabilities(teacher)
             self._student_probs = _outputs_probabilities(self)
 
-    def _distill_loss(self, x, y_pred):
-        t = self.distill_temperature
-
     def _weight_variables(self):
         """The trainable variables the main optimizer updates (all of them with ``arch_optimizer="shared"``)."""
         if self.arch_optimizer is None:
@@ -200,6 +197,9 @@ class SearchModel(keras.Model):
         if self.arch_optimizer is not None and arch and not self.arch_optimizer.built:
             self.arch_optimizer.build(arch)
 
+    def _distill_loss(self, x, y_pred):
+        t = self.distill_temperature
+
         def log_p(y, probs):
             y = tf.cast(y, tf.float32)
             logits = tf.math.log(tf.maximum(y, 1e-8)) if probs else y
@@ -214,12 +214,12 @@ class SearchModel(keras.Model):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if not training:
             return loss
-        if self.teacher is not None and self.distill > 0:
-            loss = (1.0 - self.distill) * loss + scale(self.distill * self._distill_loss(x, y_pred))
-        c = self.cost(training=True)
         # Under tf.distribute, Keras divides the task loss by the number of replicas (the gradients are summed
         # over them); the terms added here get the same scale. On one device it does nothing.
         scale = loss_module.scale_loss_for_distribution
+        if self.teacher is not None and self.distill > 0:
+            loss = (1.0 - self.distill) * loss + scale(self.distill * self._distill_loss(x, y_pred))
+        c = self.cost(training=True)
         hard = tf.stop_gradient(self.hard_cost())
         self._hard_cost_var.assign(hard)
         if self._target is not None and self.arch_variables():
@@ -239,6 +239,33 @@ class SearchModel(keras.Model):
         return loss + scale(strength * c / self._reference)
 
     def train_step(self, data):
+        logs = self._train_step(data)
+        self._sync_batchnorm_statistics()
+        return logs
+
+    def _sync_batchnorm_statistics(self):
+        """Average the BatchNorm moving statistics over the replicas, after every distributed step.
+
+        Keras 3 creates them without a distributed aggregation, so under
+        ``tf.distribute`` each replica keeps its own (from its share of every
+        batch) and ``freeze`` / ``export`` / saving read only the first
+        replica's, while ``predict`` and ``evaluate`` use each replica's on its
+        part of the data. The mean over replicas is what ``tf.keras`` kept. On
+        one device, and for ``BatchNormalization(synchronized=True)``, nothing
+        is done.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return
+        stats = [v for layer in self._flatten_layers(include_self=False)
+                 if isinstance(layer, keras.layers.BatchNormalization) and not getattr(layer, "synchronized", False)
+                 for v in (layer.moving_mean, layer.moving_variance)]
+        if stats:
+            mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.convert_to_tensor(v) for v in stats])
+            for v, m in zip(stats, mean):
+                v.assign(m)
+
+    def _train_step(self, data):
         if self.arch_optimizer is None:
             return super().train_step(data)
         from keras.src.trainers.data_adapters import data_adapter_utils
