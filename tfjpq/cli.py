@@ -59,7 +59,8 @@ def _load_data(name, need_labels=True):
     from tfjpq import datasets
 
     if not name:
-        raise UsageError("this step needs --data (digits, mnist5k, tfds:<name> or npz:<path>)")
+        raise UsageError("this step needs --data (digits, mnist5k, cifar10, speech_commands, tfds:<name> "
+                         "or npz:<path>)")
     try:
         (x, y), (xt, yt) = datasets.load(name)
     except ValueError as e:
@@ -461,7 +462,8 @@ def _common(fv):
 
 
 def _data(fv, required_text="data set"):
-    flags.DEFINE_string("data", None, f"{required_text}: digits, mnist5k, tfds:<name> or npz:<path>", flag_values=fv)
+    flags.DEFINE_string("data", None, f"{required_text}: digits, mnist5k, cifar10, speech_commands "
+                        "(from $TFDS_DATA_DIR), tfds:<name> or npz:<path>", flag_values=fv)
 
 
 def _training(fv, epochs_default=None):
