@@ -20,17 +20,18 @@ SLOW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health
                                                                          HealthCheck.function_scoped_fixture])
 
 BITS = st.sampled_from([2, 3, 4, 5, 6, 7, 8])
+METHODS = st.sampled_from(list(quantizers.WEIGHT_QUANTIZERS))
 finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False, width=32)
 weights = hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 6)), elements=finite)
 
 
 @FAST
-@given(w=weights, bits=BITS)
-def test_grid_has_at_most_2b_minus_1_levels_per_channel(w, bits):
-    q = quantizers.quantize_weights_np(w, bits)
+@given(w=weights, bits=BITS, method=METHODS)
+def test_grid_has_at_most_2b_minus_1_levels_per_channel(w, bits, method):
+    q = quantizers.quantize_weights_np(w, bits, method=method)
     assert (quantizers.distinct_levels_per_channel(q) <= 2 ** bits - 1).all()
     n = quantizers.weight_levels(bits)
-    scale = quantizers.channel_scales_np(w, bits)
+    scale = quantizers.channel_scales_np(w, bits, method=method)
     k = q / scale
     assert np.allclose(k, np.round(k), atol=1e-3) and np.abs(np.round(k)).max() <= n
 
@@ -41,18 +42,19 @@ def test_grid_has_at_most_2b_minus_1_levels_per_channel(w, bits):
 @example(w=np.array([[[1.1754944e-38], [0.0]]], np.float32), bits=3)
 @example(w=np.array([[[1.1754944e-38]]], np.float32), bits=8)
 def test_quantizing_twice_changes_nothing(w, bits):
-    once = quantizers.quantize_weights_np(w, bits)
-    twice = quantizers.quantize_weights_np(once, bits)
-    np.testing.assert_array_equal(once, twice)
-    tf_once = quantizers.quantize_weights(tf.constant(once), bits).numpy()
-    np.testing.assert_array_equal(tf_once, once)
+    for method in quantizers.WEIGHT_QUANTIZERS:
+        once = quantizers.quantize_weights_np(w, bits, method=method)
+        twice = quantizers.quantize_weights_np(once, bits, method=method)
+        np.testing.assert_array_equal(once, twice)
+        tf_once = quantizers.quantize_weights(tf.constant(once), bits, method=method).numpy()
+        np.testing.assert_array_equal(tf_once, once)
 
 
 @FAST
-@given(w=weights, bits=BITS)
-def test_tensorflow_and_numpy_quantizers_agree(w, bits):
-    a = quantizers.quantize_weights(tf.constant(w), bits).numpy()
-    b = quantizers.quantize_weights_np(w, bits)
+@given(w=weights, bits=BITS, method=METHODS)
+def test_tensorflow_and_numpy_quantizers_agree(w, bits, method):
+    a = quantizers.quantize_weights(tf.constant(w), bits, method=method).numpy()
+    b = quantizers.quantize_weights_np(w, bits, method=method)
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * float(np.abs(w).max() + 1))
 
 

@@ -53,3 +53,37 @@ def test_pact_clip_gets_gradient_from_values_above_it():
 def test_bad_bit_widths_are_rejected(bad):
     with pytest.raises(ValueError, match="bit-width"):
         quantizers.check_weight_bits(bad)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_mse_rule_never_has_more_error_than_minmax_and_keeps_its_grid(bits):
+    w = np.random.default_rng(3).standard_t(4, size=(3, 3, 8, 16)).astype("float32")  # heavy tails, as trained weights
+    mse = quantizers.quantize_weights_np(w, bits, method="mse")
+    minmax = quantizers.quantize_weights_np(w, bits)
+    err = lambda q: ((q - w) ** 2).sum(axis=(0, 1, 2))  # noqa: E731
+    assert np.all(err(mse) <= err(minmax) * (1 + 1e-6))
+    assert np.all(quantizers.distinct_levels_per_channel(mse) <= 2 ** bits - 1)
+    n = quantizers.weight_levels(bits)
+    scale = quantizers.channel_scales_np(w, bits, method="mse")
+    ratio = (scale * n / np.abs(w).max(axis=(0, 1, 2), keepdims=True)).ravel()
+    assert np.all(np.min(np.abs(ratio[:, None] - np.array(quantizers.MSE_CLIP_RATIOS)[None]), axis=1) < 1e-5)
+    # the top level is occupied (clipped weights sit on it), so TFLite's max/127 scale keeps the grid
+    np.testing.assert_allclose(np.abs(mse).max(axis=(0, 1, 2)), n * scale.ravel(), rtol=1e-6)
+    if bits == 2:  # min-max rounds most weights of a channel to zero at 2 bits; the MSE rule does not
+        assert (mse == 0).mean() < 0.6 < (minmax == 0).mean()
+        assert np.all(ratio < 1.0)
+
+
+def test_mse_rule_in_tensorflow_equals_numpy_and_passes_the_gradient_straight_through():
+    w = np.random.default_rng(4).normal(size=(3, 3, 6, 1)).astype("float32")
+    a = quantizers.quantize_weights(tf.constant(w), 2, channel_axis=2, method="mse").numpy()
+    np.testing.assert_array_equal(a, quantizers.quantize_weights_np(w, 2, channel_axis=2, method="mse"))
+    v = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(quantizers.quantize_weights(v, 2, channel_axis=2, method="mse") * 3.0)
+    np.testing.assert_allclose(tape.gradient(loss, v).numpy(), 3.0)
+
+
+def test_unknown_weight_quantizer_is_a_clear_error():
+    with pytest.raises(ValueError, match="weight quantizer 'lsq'"):
+        quantizers.quantize_weights_np(np.ones((2, 2), np.float32), 4, method="lsq")

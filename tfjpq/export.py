@@ -2,10 +2,12 @@
 
 What happens to each search layer:
 
-1. BatchNorm is folded into the kernel and bias (``W * g/sqrt(v+e)``,
-   ``(b - m) * g/sqrt(v+e) + beta``) *before* the final weight quantization,
-   so the stored grid is the searched one (per-channel symmetric quantization
-   commutes with a per-channel scale).
+1. Each kernel is quantized exactly as in training (every channel on its
+   chosen grid, with the layer's ``weight_quantizer``), and BatchNorm is then
+   folded into it and the bias (``Q(W) * g/sqrt(v+e)``,
+   ``(b - m) * g/sqrt(v+e) + beta``): a per-channel factor keeps every
+   channel's grid, so the stored grid is the searched one and the exported
+   layer computes what the frozen model did.
 2. Pruned output channels are dropped, and so are the matching input rows or
    channels of every consumer (through ReLU, pooling, Flatten, Concatenate,
    Add ...).
@@ -36,7 +38,8 @@ from tfjpq.errors import UnsupportedModelError
 from tfjpq.layers import ActivationChoice, ActivationQuantizer, PrecisionChoice, SearchLinear
 from tfjpq.search import require_search_model
 
-__all__ = ["folded_kernel_and_bias", "quantize_mixed", "SPLIT_MODES", "split_groups", "export"]
+__all__ = ["folded_kernel_and_bias", "quantized_kernel_and_bias", "quantize_mixed", "SPLIT_MODES", "split_groups",
+           "export"]
 
 
 class _TensorState:
@@ -49,9 +52,12 @@ class _TensorState:
         self.repeat = int(repeat)  # flattened spatial positions
 
 
-def folded_kernel_and_bias(layer: SearchLinear):
-    """Float kernel and bias of a search layer with its BatchNorm folded in (float32)."""
-    w = layer.kernel.numpy().astype(np.float64)
+def folded_kernel_and_bias(layer: SearchLinear, kernel=None):
+    """Kernel and bias of a search layer with its BatchNorm folded in (float32).
+
+    ``kernel`` replaces the layer's float kernel (export passes the quantized one).
+    """
+    w = (layer.kernel.numpy() if kernel is None else np.asarray(kernel)).astype(np.float64)
     c = layer.out_channels
     b = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(c)
     bn = layer.bn
@@ -68,13 +74,20 @@ def folded_kernel_and_bias(layer: SearchLinear):
     return w.astype(np.float32), b.astype(np.float32)
 
 
-def quantize_mixed(w, bits_per_channel, channel_axis):
-    """Quantize each output channel of ``w`` at its own bit-width."""
+def quantize_mixed(w, bits_per_channel, channel_axis, method="minmax"):
+    """Quantize each output channel of ``w`` at its own bit-width (scale rule ``method``)."""
     w = np.moveaxis(np.asarray(w, np.float32), channel_axis, -1).copy()
     for b in np.unique(bits_per_channel):
         idx = np.where(bits_per_channel == b)[0]
-        w[..., idx] = quantizers.quantize_weights_np(w[..., idx], int(b))
+        w[..., idx] = quantizers.quantize_weights_np(w[..., idx], int(b), method=method)
     return np.moveaxis(w, -1, channel_axis)
+
+
+def quantized_kernel_and_bias(layer: SearchLinear, bits_per_channel):
+    """The kernel as the frozen layer computes with it, on each channel's grid, and the bias, BN folded in."""
+    q = quantize_mixed(layer.kernel.numpy(), np.asarray(bits_per_channel), layer.channel_axis,
+                       getattr(layer, "weight_quantizer", "minmax"))
+    return folded_kernel_and_bias(layer, kernel=q)
 
 
 def _plain_config(layer: SearchLinear, name, out_channels, activation=None):
@@ -135,11 +148,10 @@ def split_groups(model, split: str = "auto") -> dict:
 
 def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, activation, record: dict) -> _TensorState:
     """The plain layer(s) for one search layer; ``record`` gets each new layer's per-channel bits."""
-    w, b = folded_kernel_and_bias(layer)
+    w, b = quantized_kernel_and_bias(layer, sel_bits)
     if layer.kind == "depthwise":
         order = x.cmap
         w = w[:, :, order, :]
-        w = quantize_mixed(w, sel_bits[order], channel_axis=2)
         new = keras.layers.DepthwiseConv2D.from_config(_plain_config(layer, layer.name, len(order), activation))
         y = new(x.tensor)
         new.set_weights([w, b[order]])
@@ -159,7 +171,7 @@ def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, acti
             config = _plain_config(layer, f"{layer.name}__w{bits}", len(idx), activation)
             sub = graph.keras_class(layer.kind).from_config(config)
             parts.append(sub(x.tensor))
-            sub.set_weights([quantizers.quantize_weights_np(w[..., idx], bits), b[idx]])
+            sub.set_weights([w[..., idx], b[idx]])
             record[sub.name] = (bits,) * len(idx)
             order.extend(idx.tolist())
         y = keras.layers.Concatenate(axis=-1, name=f"{layer.name}__concat")(parts)
@@ -167,7 +179,7 @@ def _export_linear(layer: SearchLinear, sel_bits, regroup, x: _TensorState, acti
     order = np.where(sel_bits != 0)[0]
     new = graph.keras_class(layer.kind).from_config(_plain_config(layer, layer.name, len(order), activation))
     y = new(x.tensor)
-    new.set_weights([quantize_mixed(w[..., order], sel_bits[order], channel_axis=-1), b[order]])
+    new.set_weights([w[..., order], b[order]])
     record[new.name] = tuple(int(v) for v in sel_bits[order])
     return _TensorState(y, order, layer.out_channels)
 

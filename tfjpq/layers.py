@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfjpq import quantizers
 
 __all__ = [
-    "MODES", "check_mode", "select", "PrecisionChoice", "ActivationChoice", "ActivationQuantizer",
+    "MODES", "PRUNE_GATES", "check_mode", "check_prune_gate", "select", "PrecisionChoice", "ActivationChoice", "ActivationQuantizer",
     "SearchLinear", "SearchConv2D", "SearchDepthwiseConv2D", "SearchDense", "SEARCH_LAYERS",
 ]
 
@@ -36,9 +36,18 @@ MODES = ("soft", "hard", "gumbel", "fixed")
 _register = keras.saving.register_keras_serializable(package="tfjpq")
 
 
+PRUNE_GATES = ("ste", "soft")
+GATE_LEAK = 1e-2  # forward factor of a gated-off channel in training (see SearchLinear.output_gate)
+
+
 def check_mode(mode):
     if mode not in MODES:
         raise ValueError(f"selection mode {mode!r} is not one of {MODES}")
+
+
+def check_prune_gate(gate):
+    if gate not in PRUNE_GATES:
+        raise ValueError(f"prune_gate {gate!r} is not one of {PRUNE_GATES}")
 
 
 def select(alpha, temperature, mode, training, axis=0):
@@ -264,9 +273,14 @@ class SearchLinear(keras.layers.Layer):
     channel_axis = -1  # of the kernel
 
     def __init__(self, layer_config, weight_bits=(0, 2, 4, 8), bn_config=None, input_layout=None,
-                 input_repeat=1, act_quantizer=None, group=None, **kwargs):
+                 input_repeat=1, act_quantizer=None, group=None, weight_quantizer="minmax", prune_gate="soft",
+                 **kwargs):
         kwargs.setdefault("name", layer_config.get("name"))
         super().__init__(**kwargs)
+        quantizers.check_weight_quantizer(weight_quantizer)
+        check_prune_gate(prune_gate)
+        self.weight_quantizer = weight_quantizer  # the scale rule of Q_p (quantizers.WEIGHT_QUANTIZERS)
+        self.prune_gate = prune_gate  # how keep_c masks the output: "soft" (1 - theta_0) or "ste" (0/1, soft gradient)
         self.layer_config = dict(layer_config)
         self.weight_bits = tuple(int(b) for b in weight_bits)
         self.bn_config = dict(bn_config) if bn_config else None
@@ -324,7 +338,7 @@ class SearchLinear(keras.layers.Layer):
         return int(self.input_shape_seen[-1])
 
     def mixed_kernel(self, theta):
-        """``sum_{p>0} theta_p Q_p(W) / keep`` broadcast over the kernel."""
+        """``sum_{p>0} theta_p Q_p(W) / keep`` broadcast over the kernel, and ``keep`` (None if not prunable)."""
         shape = [1] * len(self.kernel.shape)
         shape[self.channel_axis] = self.out_channels
         keep = None
@@ -333,10 +347,30 @@ class SearchLinear(keras.layers.Layer):
             if b == 0:
                 keep = 1.0 - theta[i]
                 continue
-            w = w + tf.reshape(theta[i], shape) * quantizers.quantize_weights(self.kernel, b, self.channel_axis)
+            w = w + tf.reshape(theta[i], shape) * quantizers.quantize_weights(self.kernel, b, self.channel_axis,
+                                                                              self.weight_quantizer)
         if keep is not None:
             w = w / tf.reshape(tf.maximum(keep, 1e-3), shape)
         return w, keep
+
+    def output_gate(self, theta, keep, training=False):
+        """The per-channel factor of the output: ``keep``, or with ``prune_gate="ste"`` its 0/1 argmax form.
+
+        With the straight-through gate a channel whose most likely choice is
+        0 bits outputs zero, as it will once frozen, while the gradient is
+        that of the soft ``keep``. In training the zero is a leak of
+        ``GATE_LEAK`` times the channel's value: a following ReLU then still
+        passes the gradient that tells the channel's logits whether it is
+        worth keeping (at exactly zero ReLU's gradient is zero); the 8-bit
+        activation quantizer after it rounds the leak to zero.
+        """
+        if self.prune_gate != "ste":
+            return keep
+        zero = self.weight_bits.index(0)
+        hard = tf.cast(tf.not_equal(tf.argmax(theta, axis=0), zero), keep.dtype)
+        if training:
+            hard = tf.maximum(hard, GATE_LEAK)
+        return keep + tf.stop_gradient(hard - keep)
 
     def call(self, inputs, training=None):
         x, theta = inputs
@@ -347,7 +381,7 @@ class SearchLinear(keras.layers.Layer):
         if self.bn is not None:
             y = self.bn(y, training=training)
         if keep is not None:
-            y = y * keep
+            y = y * self.output_gate(theta, keep, bool(training))
         return self.activation(y)
 
     def compute_output_spec(self, inputs, training=None):
@@ -362,7 +396,8 @@ class SearchLinear(keras.layers.Layer):
         cfg = super().get_config()
         cfg.update(layer_config=self.layer_config, weight_bits=list(self.weight_bits), bn_config=self.bn_config,
                    input_layout=self.input_layout, input_repeat=self.input_repeat,
-                   act_quantizer=self.act_quantizer, group=self.group)
+                   act_quantizer=self.act_quantizer, group=self.group, weight_quantizer=self.weight_quantizer,
+                   prune_gate=self.prune_gate)
         return cfg
 
 
