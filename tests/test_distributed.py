@@ -7,9 +7,10 @@ each replica normalises by the BatchNorm statistics of its half of the batch,
 and the gradient is summed in another order; Adam turns such small differences
 into logits that differ by up to ~0.07 after 24 steps (measured; see
 docs/search.md, "Resume and distributed training"). The tolerances below are
-about twice the measured differences, and well under what the bugs fixed here
-gave (a cost term not divided by the number of replicas: multiplier off by
-17 %, logits by 0.33, the reported loss halved).
+two to three times the measured differences, and under what the bugs fixed
+here gave (a cost term not divided by the number of replicas: multiplier off
+by 17 %, logits by 0.33, the reported loss halved; BatchNorm statistics that
+differed between replicas).
 """
 
 import json
@@ -39,12 +40,13 @@ def runs(tmp_path_factory):
 def test_mirrored_search_freeze_and_finetune_match_one_device(runs):
     one, two = runs
     # the same choices, before and after freeze (its projection included), on the budget
-    assert sum(a != b for a, b in zip(one["choices"], two["choices"])) <= 1
-    assert sum(a != b for a, b in zip(one["frozen_choices"], two["frozen_choices"])) <= 1
+    n = len(one["choices"])
+    assert sum(a != b for a, b in zip(one["choices"], two["choices"])) <= 0.1 * n  # measured: 0 of 34
+    assert sum(a != b for a, b in zip(one["frozen_choices"], two["frozen_choices"])) <= 0.1 * n
     for run in (one, two):
         assert abs(run["frozen_hard_cost"] / TARGET - 1) <= 0.03
     alpha = max(np.max(np.abs(np.subtract(a, b))) for a, b in zip(one["alpha"], two["alpha"]))
-    assert alpha <= 0.15
+    assert alpha <= 0.2
     # the reported loss is the global batch's (not a replica's share)
     np.testing.assert_allclose(two["history"]["loss"], one["history"]["loss"], rtol=0.01)
     np.testing.assert_allclose(two["history"]["cost"], one["history"]["cost"], rtol=0.01)

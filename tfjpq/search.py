@@ -238,10 +238,44 @@ class SearchModel(keras.Model):
         self._kept_metric.update_state(tf.add_n([n for b, n in counts.items() if b != 0]))
         return loss + scale(strength * c / self._reference)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' build from the first batch, which fails under ``MultiWorkerMirroredStrategy``.
+
+        Keras 3 reduces the whole first batch (a nested structure) across the
+        replicas in one call, which that strategy refuses (keras-team/keras#20585);
+        only the shapes matter, so this worker's own values are used instead.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            break
+        local = tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues)
+            else v, batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
     def train_step(self, data):
         logs = self._train_step(data)
         self._sync_batchnorm_statistics()
-        return logs
+        return self._multi_worker_logs(logs)
+
+    def test_step(self, data):
+        return self._multi_worker_logs(super().test_step(data))
+
+    def _multi_worker_logs(self, logs):
+        """Under ``MultiWorkerMirroredStrategy``, give each scalar log an axis of length 1.
+
+        Keras 3 averages a step's logs over the workers *and* over their first
+        axis there, which a scalar has not (keras-team/keras#20585); the result is
+        the same scalar. Elsewhere the logs are returned as they are.
+        """
+        if not isinstance(getattr(self, "_distribute_strategy", None), tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return tf.nest.map_structure(lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v,
+                                     logs)
 
     def _sync_batchnorm_statistics(self):
         """Average the BatchNorm moving statistics over the replicas, after every distributed step.
@@ -261,7 +295,11 @@ class SearchModel(keras.Model):
                  if isinstance(layer, keras.layers.BatchNormalization) and not getattr(layer, "synchronized", False)
                  for v in (layer.moving_mean, layer.moving_variance)]
         if stats:
-            mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.convert_to_tensor(v) for v in stats])
+            local = []
+            for v in stats:  # placed: a reduction needs each value's device (MultiWorkerMirroredStrategy)
+                with tf.device(v.value.device):
+                    local.append(tf.identity(v.value))
+            mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
             for v, m in zip(stats, mean):
                 v.assign(m)
 
