@@ -185,6 +185,16 @@ def test_logger_records_survive_a_resume(base, digits_small, tmp_path):
         load_records(path)
 
 
+def test_resumed_logger_warns_when_the_backup_is_ahead_of_its_records(tmp_path):
+    path = tmp_path / "records.json"
+    tfjpq.callbacks.save_records(path, [{"epoch": 0, "totals": {}, "rows": []}])
+    logger = SearchLogger(verbose=0, backup_path=path)
+    logger.on_train_begin()
+    with pytest.warns(UserWarning, match=r"no records of epoch\(s\) \[1\].*before BackupAndRestore"):
+        logger.on_epoch_begin(2)
+    assert [r["epoch"] for r in logger.records] == [0]
+
+
 def test_resumed_logger_drops_records_of_epochs_it_runs_again():
     logger = SearchLogger(verbose=0)
     logger.records = [{"epoch": e} for e in range(4)]

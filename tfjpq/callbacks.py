@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -107,7 +108,8 @@ class SearchLogger(keras.callbacks.Callback):
     (resumed by ``keras.callbacks.BackupAndRestore``, or given
     ``initial_epoch``) reads them back when this logger holds none, keeping
     those of the epochs before it. A resumed run then has the records of the
-    uninterrupted one.
+    uninterrupted one. Place it before ``BackupAndRestore`` in the callbacks,
+    so an epoch's records are on disk before its backup.
 
     Example::
 
@@ -137,9 +139,15 @@ class SearchLogger(keras.callbacks.Callback):
             return
         self._fit_started = True
         if epoch > 0:  # a resumed fit: the records of the epochs before it, each once
+            loaded = False
             if not self.records and self.backup_path and os.path.exists(self.backup_path):
-                self.records = load_records(self.backup_path)
+                self.records, loaded = load_records(self.backup_path), True
             self.records = [r for r in self.records if r["epoch"] < epoch]
+            missing = sorted(set(range(epoch)) - {r["epoch"] for r in self.records})
+            if loaded and missing:
+                warnings.warn(f"SearchLogger: {self.backup_path} has no records of epoch(s) {missing} before the "
+                              f"resumed epoch {epoch}; place the SearchLogger before BackupAndRestore in the "
+                              "callbacks, so an epoch's records are written before its backup", stacklevel=2)
 
     def on_epoch_end(self, epoch, logs=None):
         from tfjpq.summary import profile
