@@ -19,12 +19,14 @@ import tfjpq
 from tfjpq import datasets, zoo
 from tfjpq.callbacks import SearchLogger, StrengthWarmup, TemperatureDecay, load_records
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(os.path.dirname(__file__), "_resume_child.py")
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _child(workdir, *args, expect=0):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",  # the checkout under test
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.run([sys.executable, CHILD, str(workdir), *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-4000:]
