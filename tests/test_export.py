@@ -136,3 +136,30 @@ def test_save_and_load_round_trip(stage, trained_small_cnn, digits, tmp_path):
         # a loaded search model keeps its precision choices
         np.testing.assert_array_equal(loaded.get_layer("conv2_wbits").alpha.numpy(),
                                       model.get_layer("conv2_wbits").alpha.numpy())
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_export_keeps_the_weight_quantizer_of_the_search(method, trained_small_cnn, digits):
+    _, (xt, _) = digits
+    search = tfjpq.wrap(trained_small_cnn, weight_bits=(0, 2, 4, 8), weight_quantizer=method)
+    assert {layer.weight_quantizer for layer in search.search_layers()} == {method}
+    random_choices(search, seed=3)
+    frozen = tfjpq.freeze(search)
+    deploy = tfjpq.export(frozen)
+    a, b = frozen.predict(xt, verbose=0), deploy.predict(xt, verbose=0)
+    # equal up to float rounding, which can flip an 8-bit activation's rounding here and there (one step)
+    assert np.mean(np.isclose(a, b, atol=1e-4 * max(1.0, np.abs(a).max()))) > 0.98
+    np.testing.assert_allclose(a, b, atol=0.02 * max(1.0, np.abs(a).max()))
+    # the 2-bit channels: min-max keeps each channel's extreme, so most of it rounds to zero; MSE clips instead
+    conv = frozen.get_layer("conv2")
+    sel = frozen.get_layer("conv2_wbits").selected_bits()
+    k = np.moveaxis(conv.kernel.numpy(), -1, 0)[sel == 2]
+    two = np.moveaxis(deploy.get_layer("conv2__w2").get_weights()[0], -1, 0)
+    zeros = (two == 0).reshape(len(two), -1).mean()
+    assert (zeros > 0.6) if method == "minmax" else (zeros < 0.6)
+    assert len(k) == len(two)
+
+
+def test_bad_weight_quantizer_is_a_clear_error(trained_small_cnn):
+    with pytest.raises(ValueError, match="weight quantizer 'max'"):
+        tfjpq.wrap(trained_small_cnn, weight_quantizer="max")

@@ -81,9 +81,21 @@ def test_mse_rule_in_tensorflow_equals_numpy_and_passes_the_gradient_straight_th
     v = tf.Variable(w)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(quantizers.quantize_weights(v, 2, channel_axis=2, method="mse") * 3.0)
-    np.testing.assert_allclose(tape.gradient(loss, v).numpy(), 3.0)
+    inside = np.abs(w) <= quantizers.channel_scales_np(w, 2, channel_axis=2, method="mse")
+    np.testing.assert_allclose(tape.gradient(loss, v).numpy(), np.where(inside, 3.0, 0.0))
 
 
 def test_unknown_weight_quantizer_is_a_clear_error():
     with pytest.raises(ValueError, match="weight quantizer 'lsq'"):
         quantizers.quantize_weights_np(np.ones((2, 2), np.float32), 4, method="lsq")
+
+
+def test_mse_gradient_stops_at_the_clip():
+    w = np.random.default_rng(5).standard_t(3, size=(64, 4)).astype("float32")
+    v = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(quantizers.quantize_weights(v, 2, method="mse"))
+    grad = tape.gradient(loss, v).numpy()
+    limit = quantizers.channel_scales_np(w, 2, method="mse")  # n = 1 at 2 bits
+    np.testing.assert_array_equal(grad, (np.abs(w) <= limit).astype("float32"))
+    assert (grad == 0).any()  # heavy tails: some weights are cut

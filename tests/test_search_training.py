@@ -146,3 +146,64 @@ def test_distillation_teacher_stays_outside_the_search(trained_small_cnn, digits
     path = str(tmp_path / "s.keras")
     search.save(path)
     assert len(keras.models.load_model(path).trainable_variables) == n_vars
+
+
+def _conv1_output(search, x, training=False):
+    probe = keras.Model(search.inputs, search.get_layer("conv1").output)
+    return probe(x[:16], training=training).numpy()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_ste_gate_zeroes_channels_whose_choice_is_pruned_and_passes_the_soft_gradient(trained_small_cnn, digits,
+                                                                                       training):
+    import tensorflow as tf
+
+    from tfjpq.layers import GATE_LEAK
+
+    (x, y), _ = digits
+    pruned, kept = np.arange(4), np.arange(4, 16)
+    outputs = {}
+    for gate in ("ste", "soft"):
+        search = tfjpq.wrap(trained_small_cnn, prune_gate=gate, init="flat")
+        choice = search.get_layer("conv1_wbits")
+        alpha = choice.alpha.numpy()
+        alpha[0, pruned] = 1.5  # 0 bits most likely for channels 0-3, but far from certain (theta_0 about 0.44)
+        choice.alpha.assign(alpha)
+        outputs[gate] = _conv1_output(search, x, training)
+        with tf.GradientTape() as tape:
+            loss = LOSS(y[:16], search(x[:16], training=True))
+        grad = tape.gradient(loss, choice.alpha).numpy()
+        # the task loss still tells the pruned channels whether to come back (through the leak, past the ReLU)
+        assert np.all(np.abs(grad[0, pruned]) > 0), gate
+    ste, soft = outputs["ste"], outputs["soft"]
+    theta = tf.nn.softmax(alpha, axis=0).numpy()
+    keep_pruned, keep_kept = 1 - theta[0, 0], 1 - theta[0, 5]
+    if training:  # a leak of GATE_LEAK instead of the soft 1 - theta_0
+        np.testing.assert_allclose(ste[..., pruned] * keep_pruned, soft[..., pruned] * GATE_LEAK, rtol=1e-4, atol=1e-6)
+    else:
+        assert not ste[..., pruned].any()  # exactly zero, as after freeze
+    assert np.abs(soft[..., pruned]).max() > 0  # the paper's relaxation: scaled by 1 - theta_0, still there
+    np.testing.assert_allclose(ste[..., kept] * keep_kept, soft[..., kept], rtol=1e-4, atol=1e-5)
+
+
+def test_ste_gate_makes_the_search_model_score_what_freeze_keeps(trained_small_cnn, digits):
+    (x, y), (xt, yt) = digits
+    accs = {}
+    for gate in ("ste", "soft"):
+        keras.utils.set_random_seed(0)
+        search = tfjpq.wrap(trained_small_cnn, target=3000, prune_gate=gate, init="flat")
+        search.compile(optimizer="adam", loss=LOSS)
+        search.fit(x, y, epochs=3, batch_size=64, verbose=0)
+        frozen = tfjpq.freeze(search, project=False)
+        accs[gate] = [float((m.predict(xt, verbose=0).argmax(1) == yt).mean()) for m in (search, frozen)]
+    # with the straight-through gate the search model already computes without its pruned channels, so
+    # freezing costs little; the soft relaxation leans on channels it then drops
+    ste_gap = accs["ste"][0] - accs["ste"][1]
+    soft_gap = accs["soft"][0] - accs["soft"][1]
+    assert ste_gap < 0.1 and ste_gap < soft_gap, accs
+    assert accs["ste"][1] > accs["soft"][1], accs
+
+
+def test_bad_prune_gate_is_a_clear_error(trained_small_cnn):
+    with pytest.raises(ValueError, match="prune_gate 'hard'"):
+        tfjpq.wrap(trained_small_cnn, prune_gate="hard")

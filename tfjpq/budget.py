@@ -46,7 +46,7 @@ __all__ = [
     "minimum_cost", "check_target", "controller_update", "project",
 ]
 
-RATE = 0.1  # multiplicative step of the multiplier per training step, per unit of relative gap
+RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
 GAIN = 3.0  # proportional term: strength = multiplier * (1 + GAIN * gap)
 MAX_GAP = 0.5  # the relative gap is clipped to +-MAX_GAP in one step
 MIN_STRENGTH, MAX_STRENGTH = 1e-6, 1e4
@@ -175,11 +175,12 @@ def _apply(sel, moves):
     return out
 
 
-def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12):
+def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.0):
     """Move hard choices until the hard cost is within ``target * (1 +- tolerance)``; returns a report dict.
 
     Writes the new choices into the logits (``alpha``) of ``model``, so its
-    argmax is the projected selection. Over budget: one-step-down moves
+    argmax is the projected selection (a moved channel's new logit leads its
+    others by ``margin``). Over budget: one-step-down moves
     (8 -> 4, 2 -> pruned, ...) in order of the smallest logit margin, the
     fewest that bring the cost to ``target`` or below. More than ``tolerance``
     under budget: one-step-up moves in the same order, the most that keep the
@@ -241,7 +242,7 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12):
             alpha = c.alpha.numpy()
             idx = sel[c.name]
             for ch in np.nonzero(idx != np.argmax(alpha, axis=0))[0]:  # argmax == selection, no rescue needed
-                alpha[idx[ch], ch] = alpha[:, ch].max() + 1.0
+                alpha[idx[ch], ch] = alpha[:, ch].max() + margin
             c.alpha.assign(alpha)
     return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
 

@@ -57,6 +57,7 @@ SUPPORTED_WEIGHT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
 _MIN_SCALE = 2.0 ** -100
 SUPPORTED_ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 WEIGHT_QUANTIZERS = ("minmax", "mse")
+_STE_STOPS_AT_CLIP = True
 # Clip ratios the "mse" rule tries, largest first (ties keep the larger ratio, so a grid is kept as it is).
 MSE_CLIP_RATIOS = tuple(float(r) for r in np.round(np.arange(1.0, 0.175, -0.05), 2))
 
@@ -141,8 +142,9 @@ def quantize_weights(w: tf.Tensor, bits: int, channel_axis: int = -1, method: st
 
     The forward value is ``Q_bits(w)`` with the scale rule ``method``
     (``"minmax"`` or ``"mse"``, see the module docstring); the gradient with
-    respect to ``w`` is the identity (0 for ``bits == 0``, where the result is
-    all zeros).
+    respect to ``w`` is the identity inside the grid's range ``[-n s, n s]``
+    and 0 for the weights the clip cuts (none with min-max) and for
+    ``bits == 0``, where the result is all zeros.
 
     Example::
 
@@ -159,7 +161,11 @@ def quantize_weights(w: tf.Tensor, bits: int, channel_axis: int = -1, method: st
         absmax = tf.stop_gradient(tf.reduce_max(tf.abs(w), axis=axes, keepdims=True))
         scale = tf.where(absmax >= _MIN_SCALE * n, absmax / float(n), tf.ones_like(absmax))
     q = tf.clip_by_value(tf.round(w / scale), -float(n), float(n)) * scale
-    return w + tf.stop_gradient(q - w)
+    # straight through inside the grid's range, none for the weights the MSE clip cuts (min-max cuts none)
+    if not _STE_STOPS_AT_CLIP:
+        return w + tf.stop_gradient(q - w)
+    inside = tf.clip_by_value(w, -float(n) * scale, float(n) * scale)
+    return inside + tf.stop_gradient(q - inside)
 
 
 def quantize_activations(x: tf.Tensor, clip: tf.Tensor, bits: int, signed: bool) -> tf.Tensor:

@@ -10,14 +10,14 @@ import tensorflow as tf
 
 from keras.src.losses import loss as loss_module
 
-from tfjpq import budget, graph, quantizers
+from tfjpq import budget, graph, quantizers, search_init
 from tfjpq import cost as cost_lib
 from tfjpq.errors import NotASearchModelError, UnsupportedModelError
-from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, SearchLinear, check_mode
+from tfjpq.layers import SEARCH_LAYERS, ActivationChoice, PrecisionChoice, SearchLinear, check_mode, check_prune_gate
 
 __all__ = [
-    "DEFAULT_STRENGTH", "DEFAULT_ARCH_LR", "SearchModel", "wrap", "require_search_model", "freeze",
-    "live_input_mask",
+    "DEFAULT_STRENGTH", "DEFAULT_ARCH_LR", "DEFAULT_WEIGHT_QUANTIZER", "DEFAULT_PRUNE_GATE", "SearchModel", "wrap",
+    "require_search_model", "freeze", "live_input_mask",
 ]
 
 _register = keras.saving.register_keras_serializable(package="tfjpq")
@@ -25,6 +25,10 @@ _register = keras.saving.register_keras_serializable(package="tfjpq")
 
 DEFAULT_STRENGTH = 0.05
 """Default weight of the normalised cost (cost / all-8-bit cost) in the loss; see docs/search.md."""
+DEFAULT_WEIGHT_QUANTIZER = "mse"
+"""The weight scale rule ``wrap`` gives the search layers (``tfjpq.quantizers.WEIGHT_QUANTIZERS``)."""
+DEFAULT_PRUNE_GATE = "ste"
+"""How a channel's pruning probability masks its output during the search (``tfjpq.layers.PRUNE_GATES``)."""
 DEFAULT_ARCH_LR = 0.02
 """Learning rate of the Adam optimizer the precision logits get when ``compile`` is given no ``arch_optimizer``."""
 
@@ -354,7 +358,8 @@ def _bits_tuple(bits, what):
 
 def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=DEFAULT_STRENGTH, target=None,
          tolerance=budget.DEFAULT_TOLERANCE, min_channels=1, mode="soft", temperature=1.0,
-         act_clip=6.0) -> SearchModel:
+         act_clip=6.0, weight_quantizer=DEFAULT_WEIGHT_QUANTIZER, prune_gate=DEFAULT_PRUNE_GATE,
+         init=search_init.DEFAULT_INIT) -> SearchModel:
     """Turn a Keras 3 model into a joint pruning + channel-wise mixed-precision search model.
 
     Args:
@@ -378,6 +383,19 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
       mode: "soft", "hard" (straight-through argmax) or "gumbel".
       temperature: initial softmax temperature (see ``callbacks.TemperatureDecay``).
       act_clip: initial PACT clip.
+      weight_quantizer: how each channel's scale is chosen at every width:
+        "mse" (default; the clip ratio of least squared error, which makes
+        2 and 4 bits usable) or "minmax" (``max|W_c| / n``, the paper's);
+        see :mod:`tfjpq.quantizers` and docs/search.md.
+      prune_gate: how a channel's pruning probability masks its output during
+        the search: "ste" (default; the channel outputs exactly zero while
+        0 bits is its most likely choice, as after ``freeze``, with the soft
+        gradient) or "soft" (scaled by ``1 - theta_0``, the paper's
+        relaxation, which lets the network lean on channels it then prunes).
+      init: where the logits start (:mod:`tfjpq.search_init`): "flat"
+        (default; ``p / max(P)`` everywhere, the paper's), "magnitude"
+        (tilted by each channel's weight magnitude) or "budget" (tilted and,
+        with a ``target``, already projected onto it; measured worse).
 
     Raises:
       ValueError: bad bit-widths, strength < 0, a target <= 0, below the
@@ -400,6 +418,10 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
     if weight_bits == (0,):
         raise ValueError("weight_bits=(0,) would prune everything; add at least one non-zero bit-width")
     check_mode(mode)
+    quantizers.check_weight_quantizer(weight_quantizer)
+    check_prune_gate(prune_gate)
+    if init not in search_init.INITS:
+        raise ValueError(f"init must be one of {search_init.INITS}, got {init!r}")
     if mode == "fixed":
         raise ValueError("mode='fixed' is what tfjpq.freeze sets; wrap with 'soft', 'hard' or 'gumbel'")
     graph.check.check_search_arguments(strength, target, temperature, act_clip,  # finite; strength 0 + target
@@ -460,7 +482,8 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
                 layer_config=layer.get_config(), weight_bits=group_bits[li.group],
                 bn_config=li.bn.get_config() if li.bn is not None else None, input_layout=layout,
                 input_repeat=li.input_layout.repeat, act_quantizer=act_names.get(li.input_tensor_id),
-                group=group_names[li.group], name=layer.name,
+                group=group_names[li.group], weight_quantizer=weight_quantizer, prune_gate=prune_gate,
+                name=layer.name,
             )
             y = search_layer([tensors[li.input_tensor_id], thetas[li.group]])
             weights = layer.get_weights()
@@ -490,6 +513,7 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
         search._reference.assign(cost_lib.reference_cost(search, fitted))
     if target is not None:
         search.target = target  # checked against the cheapest model of the search space
+    search.initial_projection = search_init.initialize(search, init)
     return search
 
 
