@@ -160,3 +160,37 @@ def test_tflm_cost_is_the_whole_flatbuffer_and_its_target_lands_on_the_converted
     mine = tfjpq.tflm_cost.TFLMCost()
     tfjpq.wrap(trained_small_cnn, cost=mine)
     assert mine.fixed_bytes is None
+
+
+def test_ramp_target_is_a_geometric_path_from_the_start_to_the_target():
+    import tensorflow as tf
+
+    f = lambda left, total: float(tfjpq.budget.ramp_target(tf.constant(100.0), tf.constant(400.0),  # noqa: E731
+                                                           tf.constant(float(left)), tf.constant(float(total))))
+    assert f(10, 10) == pytest.approx(400.0)
+    assert f(5, 10) == pytest.approx(200.0)  # geometric midpoint
+    assert f(0, 10) == pytest.approx(100.0)
+    assert f(0, 0) == pytest.approx(100.0)  # no ramp: the target
+
+
+def test_first_fit_ramps_the_budget_and_later_fits_do_not(trained_small_cnn, digits):
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, target=3000)
+    start = float(search.hard_cost())
+    goals = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            goals.append(self.model.budget_goal)
+
+    search.compile(optimizer="adam", loss=LOSS)
+    steps = int(np.ceil(len(x) / 64))
+    search.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[Watch()])
+    total = int(tfjpq.budget.RAMP_FRACTION * steps * 2)
+    assert float(search._ramp_total.numpy()) == total and float(search._ramp_from.numpy()) == pytest.approx(start)
+    assert goals[0] < start and np.all(np.diff(goals[:total]) < 0)  # falls step by step ...
+    assert goals[total - 1] == pytest.approx(3000, rel=1e-4) and goals[-1] == pytest.approx(3000)  # ... to the target
+    search.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    assert float(search._ramp_total.numpy()) == total and search.budget_goal == pytest.approx(3000)  # no new ramp
+    search.target = 2500  # a new budget ramps afresh in the next fit
+    assert float(search._ramp_total.numpy()) == 0

@@ -42,11 +42,12 @@ import tensorflow as tf
 from tfjpq import cost as cost_lib
 
 __all__ = [
-    "RATE", "GAIN", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "selection_cost", "minimum_selection",
-    "minimum_cost", "check_target", "controller_update", "project",
+    "RATE", "GAIN", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
+    "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "BudgetRamp", "project",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
+RAMP_FRACTION = 0.5  # of a fit's steps, the share over which the budget the controller steers to falls to the target
 GAIN = 3.0  # proportional term: strength = multiplier * (1 + GAIN * gap)
 MAX_GAP = 0.5  # the relative gap is clipped to +-MAX_GAP in one step
 MIN_STRENGTH, MAX_STRENGTH = 1e-6, 1e4
@@ -117,6 +118,44 @@ def check_target(model, target, tolerance=DEFAULT_TOLERANCE):
         raise ValueError(f"target {target:,.6g} {unit} is below the minimum achievable cost {low:,.6g} {unit} "
                          f"(every prunable group at its min_channels, everything at the lowest bit-width)")
     return target
+
+
+def ramp_target(target, start, left, total):
+    """The budget the controller steers to now (graph-safe): ``target * (start / target) ** (left / total)``.
+
+    A geometric path from the hard cost ``start`` where the ramp began down
+    (or up) to ``target``, reached when ``left`` (steps still to go) is 0; with
+    ``total`` 0 (no ramp) it is ``target``.
+    """
+    frac = tf.where(total > 0, left / tf.maximum(total, 1.0), 0.0)
+    ratio = tf.maximum(start, 1e-12) / tf.maximum(target, 1e-12)
+    return target * tf.pow(ratio, frac)
+
+
+class BudgetRamp:
+    """Sets a search model's budget ramp at the start of its first ``fit`` (added by ``SearchModel.fit``).
+
+    Over the first :data:`RAMP_FRACTION` of that fit's steps, the budget the
+    controller steers to falls geometrically from the hard cost at the start
+    to the target (:func:`ramp_target`), so the gap it sees stays small: a
+    tight budget is approached as fast as the logits can follow, without the
+    multiplier winding up and overshooting far below it. A later ``fit`` (or
+    one resumed by ``BackupAndRestore``, which restores the ramp's state)
+    does not start a new ramp.
+    """
+
+    @staticmethod
+    def begin(model, params):
+        if model.target is None or float(model._ramp_total.numpy()) > 0 or not params:
+            return
+        steps = params.get("steps") or 0
+        epochs = params.get("epochs") or 1
+        total = float(int(RAMP_FRACTION * steps * epochs))
+        if total < 1:
+            return
+        model._ramp_from.assign(float(model.hard_cost()))
+        model._ramp_left.assign(total)
+        model._ramp_total.assign(total)
 
 
 def controller_update(multiplier, strength, hard, target):

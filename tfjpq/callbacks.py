@@ -170,6 +170,9 @@ class SearchLogger(keras.callbacks.Callback):
             hist = " ".join(f"{b}b:{n}" for b, n in sorted(t["bits_histogram"].items()))
             unit = t["cost_unit"]
             goal = f" / target {target:.4g} ({hard / target - 1:+.1%})" if target is not None else ""
+            ramp = getattr(self.model, "budget_goal", float("nan"))
+            if target is not None and np.isfinite(ramp) and abs(ramp / target - 1) > 1e-3:
+                goal += f" (ramping: now steering to {ramp:.4g})"
             print(f"[tfjpq] epoch {epoch + 1}: hard cost {hard:.4g} {unit}{goal}, strength {strength:.3g}, "
                   f"soft cost {t['cost']:.4g}, kept {t['channels_kept']}/{t['channels']} channels, "
                   f"weights {t['weight_bytes']:,.0f} B, {hist}")

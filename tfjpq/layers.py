@@ -353,24 +353,27 @@ class SearchLinear(keras.layers.Layer):
             w = w / tf.reshape(tf.maximum(keep, 1e-3), shape)
         return w, keep
 
-    def output_gate(self, theta, keep, training=False):
-        """The per-channel factor of the output: ``keep``, or with ``prune_gate="ste"`` its 0/1 argmax form.
+    def gated_output(self, y, theta, keep, training=False):
+        """``y`` times the channels' gate: ``keep``, or with ``prune_gate="ste"`` its 0/1 argmax form.
 
         With the straight-through gate a channel whose most likely choice is
-        0 bits outputs zero, as it will once frozen, while the gradient is
-        that of the soft ``keep``. In training the zero is a leak of
-        ``GATE_LEAK`` times the channel's value: a following ReLU then still
-        passes the gradient that tells the channel's logits whether it is
-        worth keeping (at exactly zero ReLU's gradient is zero); the 8-bit
+        0 bits outputs zero, as it will once frozen, while the backward pass
+        is the soft relaxation's for a pruned channel: the gradient reaches
+        its logits (``d/d keep = y``) and its inputs (``d/d y = keep``), so the
+        task loss can still call a pruned channel back, also through a second
+        gate of the same group (a depthwise layer after its producer). In
+        training the zero is a leak of ``GATE_LEAK`` times the channel's value,
+        because at exactly zero a following ReLU's gradient is zero; the 8-bit
         activation quantizer after it rounds the leak to zero.
         """
         if self.prune_gate != "ste":
-            return keep
+            return y * keep
         zero = self.weight_bits.index(0)
         hard = tf.cast(tf.not_equal(tf.argmax(theta, axis=0), zero), keep.dtype)
-        if training:
-            hard = tf.maximum(hard, GATE_LEAK)
-        return keep + tf.stop_gradient(hard - keep)
+        forward = tf.maximum(hard, GATE_LEAK) if training else hard
+        backward = tf.maximum(hard, keep)  # d out / d y: 1 for a kept channel, the soft keep for a pruned one
+        return (tf.stop_gradient(y * forward) + (y - tf.stop_gradient(y)) * tf.stop_gradient(backward)
+                + (keep - tf.stop_gradient(keep)) * tf.stop_gradient(y))
 
     def call(self, inputs, training=None):
         x, theta = inputs
@@ -381,7 +384,7 @@ class SearchLinear(keras.layers.Layer):
         if self.bn is not None:
             y = self.bn(y, training=training)
         if keep is not None:
-            y = y * self.output_gate(theta, keep, bool(training))
+            y = self.gated_output(y, theta, keep, bool(training))
         return self.activation(y)
 
     def compute_output_spec(self, inputs, training=None):

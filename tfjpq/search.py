@@ -78,6 +78,10 @@ class SearchModel(keras.Model):
         self._target_var = self.add_weight(name="target", shape=(), initializer="zeros", trainable=False)
         self._target_var.assign(self._target or 0.0)
         self._hard_cost_var = self.add_weight(name="hard_cost", shape=(), initializer="zeros", trainable=False)
+        # the budget ramp of target mode (tfjpq.budget.BudgetRamp): start cost, steps left, ramp length
+        self._ramp_from = self.add_weight(name="ramp_from", shape=(), initializer="zeros", trainable=False)
+        self._ramp_left = self.add_weight(name="ramp_left", shape=(), initializer="zeros", trainable=False)
+        self._ramp_total = self.add_weight(name="ramp_total", shape=(), initializer="zeros", trainable=False)
         self._reference = self.add_weight(name="cost_reference", shape=(), initializer="ones", trainable=False)
         self._reference.assign(cost_lib.reference_cost(self, self._cost_model))
         self.arch_optimizer = None
@@ -129,6 +133,8 @@ class SearchModel(keras.Model):
             value = budget.check_target(self, value, self.tolerance)
         self._target = value
         self._target_var.assign(value or 0.0)
+        self._ramp_left.assign(0.0)  # a new budget: the next fit ramps to it afresh
+        self._ramp_total.assign(0.0)
         self.train_function = None  # the controller is part of the compiled step
 
     @property
@@ -161,6 +167,17 @@ class SearchModel(keras.Model):
             float(search.hard_cost())     # what the frozen model will cost
         """
         return self.cost_model.total(cost_lib.layer_terms(self, hard=True))
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:class:`budget.BudgetRamp`)."""
+        return super().fit(*args, callbacks=list(callbacks or []) + [_RampCallback()], **kwargs)
+
+    @property
+    def budget_goal(self) -> float:
+        """The budget the controller steers to now: the target, or during the ramp the point on its way there."""
+        if self._target is None:
+            return float("nan")
+        return float(budget.ramp_target(self._target_var, self._ramp_from, self._ramp_left, self._ramp_total))
 
     def compile(self, *args, arch_optimizer=None, teacher=None, distill=0.5, distill_temperature=2.0, **kwargs):
         """``keras.Model.compile`` plus the logits' optimizer and optional distillation (see the class doc)."""
@@ -227,7 +244,9 @@ class SearchModel(keras.Model):
         hard = tf.stop_gradient(self.hard_cost())
         self._hard_cost_var.assign(hard)
         if self._target is not None and self.arch_variables():
-            budget.controller_update(self._multiplier, self._strength, hard, self._target_var)
+            goal = budget.ramp_target(self._target_var, self._ramp_from, self._ramp_left, self._ramp_total)
+            budget.controller_update(self._multiplier, self._strength, hard, goal)
+            self._ramp_left.assign(tf.maximum(self._ramp_left - 1.0, 0.0))
         strength = tf.stop_gradient(tf.convert_to_tensor(self._strength))
         self._cost_metric.update_state(c)
         self._hard_metric.update_state(hard)
@@ -333,6 +352,13 @@ class SearchModel(keras.Model):
         cfg["target"] = self._target
         cfg["tolerance"] = self.tolerance
         return cfg
+
+
+class _RampCallback(keras.callbacks.Callback):
+    """Starts the budget ramp when ``fit`` knows its steps (see :class:`tfjpq.budget.BudgetRamp`)."""
+
+    def on_train_begin(self, logs=None):
+        budget.BudgetRamp.begin(self.model, self.params)
 
 
 def _outputs_probabilities(model) -> bool:
