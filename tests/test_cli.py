@@ -31,6 +31,10 @@ def test_recipe_end_to_end(float_model, tmp_path, capsys):
                            "--epochs", "1", "--out", d / "search.keras")
     assert code == 0, err
     assert (d / "search.keras").exists() and "hard cost" in out
+    import keras
+
+    layer = keras.models.load_model(d / "search.keras").search_layers()[0]
+    assert (layer.weight_quantizer, layer.prune_gate) == ("mse", "ste")  # wrap's defaults
     code, out, err = tfjpq(capsys, "freeze", d / "search.keras", "--finetune-epochs", "1", "--data", "digits",
                            "--teacher", float_model, "--out", d / "frozen.keras")
     assert code == 0, err
@@ -57,6 +61,19 @@ def test_recipe_end_to_end(float_model, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
     code, out, err = tfjpq(capsys, "convert", d / "deploy.keras", "--data", "digits", "--out-dir", d / "fw")
     assert code != 0 and err.startswith("tfjpq convert: error:") and err.count("\n") == 1
+
+
+def test_search_takes_the_quantizer_and_gate(float_model, tmp_path, capsys):
+    import keras
+
+    code, out, err = tfjpq(capsys, "search", float_model, "--data", "digits", "--strength", "0.2", "--epochs", "1",
+                           "--weight-quantizer", "minmax", "--prune-gate", "soft", "--out", tmp_path / "s.keras")
+    assert code == 0, err
+    layer = keras.models.load_model(tmp_path / "s.keras").search_layers()[0]
+    assert (layer.weight_quantizer, layer.prune_gate) == ("minmax", "soft")
+    code, out, err = tfjpq(capsys, "search", float_model, "--data", "digits", "--prune-gate", "hard",
+                           "--out", tmp_path / "t.keras")
+    assert code != 0 and "prune-gate" in err and err.count("\n") == 1
 
 
 def test_bad_input_one_line(tmp_path, capsys):

@@ -128,7 +128,8 @@ def cmd_search(fv, args):
           f"{fv['epochs'].value} epoch(s) on {fv['data'].value} {x.shape}")
     search = tfjpq.wrap(model, weight_bits=_bits(fv["weight-bits"].value, "weight-bits"),
                         act_bits=_bits(fv["act-bits"].value, "act-bits"), cost=fv["cost"].value,
-                        strength=strength, target=fv["target"].value)
+                        strength=strength, target=fv["target"].value,
+                        weight_quantizer=fv["weight-quantizer"].value, prune_gate=fv["prune-gate"].value)
     loss = _loss(model)
     distill = fv["distill"].value
     search.compile(optimizer=keras.optimizers.Adam(fv["lr"].value), loss=loss, metrics=["accuracy"],
@@ -482,6 +483,10 @@ def _def_search(fv):
     flags.DEFINE_string("cost", "size", "size | tflm | bitops | mpic", flag_values=fv)
     flags.DEFINE_string("weight-bits", "0,2,4,8", "per-channel weight bit choices; 0 = pruned", flag_values=fv)
     flags.DEFINE_string("act-bits", "8", "activation bit choices", flag_values=fv)
+    flags.DEFINE_enum("weight-quantizer", "mse", ["mse", "minmax"], "per-channel weight scale rule (docs/search.md)",
+                      flag_values=fv)
+    flags.DEFINE_enum("prune-gate", "ste", ["ste", "soft"], "how a pruned channel masks its output during the search",
+                      flag_values=fv)
     flags.DEFINE_integer("epochs", 1, "search epochs (the recipe: 1, then fine-tune the frozen model)", flag_values=fv)
     flags.DEFINE_float("distill", 0.5, "weight of distillation from the input (float) model; 0 = off", flag_values=fv)
     flags.DEFINE_string("out", "search.keras", "where the search model goes", flag_values=fv)
