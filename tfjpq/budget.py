@@ -11,7 +11,8 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   the relative gap ``g = clip(hard / B - 1, -0.5, 0.5)``:
   ``multiplier <- multiplier * exp(RATE * g)`` (kept within
   ``[MIN_STRENGTH, MAX_STRENGTH]``) plus a proportional term,
-  ``strength = multiplier * (1 + GAIN * g)``. Above the budget the multiplier
+  ``strength = multiplier * (1 + GAIN * g)`` (``GAIN_UNDER`` instead of
+  ``GAIN`` below the budget). Above the budget the multiplier
   grows and the logits move to cheaper choices; below it, it shrinks, and
   well below it the strength turns negative and pushes precision back. Its state (``strength``, ``target``, the last
   ``hard_cost``) lives in variables of the model, so it is saved in ``.keras``
@@ -42,13 +43,14 @@ import tensorflow as tf
 from tfjpq import cost as cost_lib
 
 __all__ = [
-    "RATE", "GAIN", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
+    "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
     "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "BudgetRamp", "project",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
 RAMP_FRACTION = 0.5  # of a fit's steps, the share over which the budget the controller steers to falls to the target
 GAIN = 3.0  # proportional term: strength = multiplier * (1 + GAIN * gap)
+GAIN_UNDER = 10.0  # below the budget (gap < 0): the pull stops 10 % under it, and pushes back beyond
 MAX_GAP = 0.5  # the relative gap is clipped to +-MAX_GAP in one step
 MIN_STRENGTH, MAX_STRENGTH = 1e-6, 1e4
 DEFAULT_TOLERANCE = 0.03
@@ -162,15 +164,17 @@ def controller_update(multiplier, strength, hard, target):
     """One step of the controller (graph-safe): integral ``multiplier``, effective ``strength``.
 
     ``multiplier <- multiplier * exp(RATE * gap)`` (dual ascent in log space) and
-    ``strength = multiplier * (1 + GAIN * gap)`` (a proportional term: the
+    ``strength = multiplier * (1 + GAIN * gap)`` above the budget,
+    ``multiplier * (1 + GAIN_UNDER * gap)`` below it (a proportional term: the
     pull drops as soon as the hard cost falls under the budget, and turns into
-    a push back up, a negative strength, more than ``1 / GAIN`` under it), with
-    ``gap = clip(hard / target - 1, -MAX_GAP, MAX_GAP)``. Returns the strength.
+    a push back up, a negative strength, more than ``1 / GAIN_UNDER`` under
+    it), with ``gap = clip(hard / target - 1, -MAX_GAP, MAX_GAP)``. Returns the
+    strength.
     """
     gap = tf.clip_by_value(hard / target - 1.0, -MAX_GAP, MAX_GAP)
     m = tf.clip_by_value(tf.convert_to_tensor(multiplier) * tf.exp(RATE * gap), MIN_STRENGTH, MAX_STRENGTH)
     multiplier.assign(m)
-    new = m * (1.0 + GAIN * gap)
+    new = m * (1.0 + tf.where(gap < 0, GAIN_UNDER, GAIN) * gap)
     strength.assign(new)
     return new
 
@@ -290,19 +294,21 @@ FLATBUFFER_CHECKS = 3
 
 
 def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
-    """Measure the projected model as deployed, and re-project while it misses the target by more than tolerance.
+    """Measure the projected model as deployed; re-project while the file is over the target or too far under.
 
     Does nothing for a cost model that cannot measure (``CostModel.measure``
     gives None). For the flash cost that prices the whole flatbuffer
     (``tfjpq.tflm_cost.TFLMCost``), the per-layer model is an estimate and the
-    converted file is what the board pays: each check converts the hard
-    choices and, on a miss, projects again to ``target - (measured - modelled)``.
-    Adds ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
+    converted file is what the board pays, and a flash budget is a ceiling:
+    each check converts the hard choices and, unless the file lies within
+    ``[target * (1 - tolerance), target]``, projects again to
+    ``target * (1 - tolerance / 2) - (measured - modelled)``. Adds
+    ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
 
     Example::
 
         tuned = tfjpq.freeze(search)          # search = tfjpq.wrap(model, cost="tflm", target=20_000)
-        tuned.projection["flatbuffer_bytes"]  # within 3 % of 20,000
+        tuned.projection["flatbuffer_bytes"]  # at most 20,000, at least 19,400
     """
     target, tol = float(model.target), float(model.tolerance)
     for i in range(checks):
@@ -311,10 +317,10 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
             break
         report["flatbuffer_bytes"] = int(measured)
         report["flatbuffer_error"] = measured / target - 1.0
-        if abs(measured / target - 1.0) <= tol or i == checks - 1:
+        if target * (1.0 - tol) <= measured <= target or i == checks - 1:
             break
         modelled = float(model.hard_cost())
-        again = project(model, target - (measured - modelled), tol / 2)
+        again = project(model, target * (1.0 - tol / 2) - (measured - modelled), tol / 2)
         report["moves"] += again["moves"]
         report["after"] = again["after"]
     return report
