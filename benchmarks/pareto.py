@@ -545,6 +545,7 @@ def markdown(result, figs, previous=None):
              "## Pareto: joint search vs uniform QAT, L1 channel pruning and tfmot (`benchmarks/pareto.py`)", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; total {(meta.get('total_s', 0) + meta.get('total_s_before', 0)) / 60:.0f} min "
              "on the 2-core CI machine.  ",
+             *([f"Note: {meta['note']}  "] if meta.get("note") else []),
              f"Data: {meta['dataset']} ({meta['train_samples']} training, {meta['test_samples']} test images); "
              f"seeds {meta['seeds']}; every pipeline starts from the same float model "
              f"({meta['float_epochs'] or FLOAT_EPOCHS} epochs) and gets {meta['search_epochs']} + {meta['finetune_epochs']} epochs "
