@@ -78,6 +78,12 @@ def test_nan_or_inf_in_data_is_a_clear_error():
         precrop.scores(model, "snip", data=(x, np.zeros(4, np.int32)))
     with pytest.raises(tflm_export.InvalidArgumentError, match="NaN or Inf"):
         tflm_export.emulate(tflm_export.convert(model, np.ones((4, 6, 6, 1), np.float32)), inputs=x)
+    with pytest.raises(tflm_export.ConversionError, match=r"representative_data holds 1 NaN or Inf.*\(2, 0, 0, 0\)"):
+        tflm_export.convert(model, x)                               # calibration data: before any conversion
+    x_inf = np.ones((4, 6, 6, 1), np.float32)
+    x_inf[1, 3, 3, 0] = np.inf
+    with pytest.raises(tflm_export.ConversionError, match=r"representative_data\(\) item 1 holds 1 NaN or Inf"):
+        tflm_export.convert(model, lambda: iter([x_inf[k : k + 1] for k in range(4)]))
 
 
 def test_nan_weights_after_a_diverged_fit_are_refused_by_wrap_and_freeze():

@@ -34,6 +34,15 @@ def _input_specs(model):
     return specs
 
 
+def _check_finite(a, what):
+    """Refuse NaN / Inf calibration inputs: they give NaN activation ranges and a broken model."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConversionError(f"{what} holds {int(bad.sum())} NaN or Inf values (first at index {first}); "
+                              "calibration needs finite inputs")
+
+
 def _calibration(representative_data, specs, seed=0):
     """A representative_dataset callable yielding one batch-1 sample per step."""
     n_in = len(specs)
@@ -47,8 +56,11 @@ def _calibration(representative_data, specs, seed=0):
         arrays = [rng.uniform(0, 1, (32,) + tuple(s.shape[1:])).astype("float32") for s in specs]
     elif callable(representative_data):
         def gen():
-            for item in representative_data():
-                yield [np.asarray(v, np.float32) for v in (item if isinstance(item, (list, tuple)) else [item])]
+            for k, item in enumerate(representative_data()):
+                values = [np.asarray(v, np.float32) for v in (item if isinstance(item, (list, tuple)) else [item])]
+                for v in values:
+                    _check_finite(v, f"representative_data() item {k}")
+                yield values
         return gen
     else:
         arrays = list(representative_data) if isinstance(representative_data, (list, tuple)) else [representative_data]
@@ -64,6 +76,8 @@ def _calibration(representative_data, specs, seed=0):
                                           f"expected (N,) + {tuple(s.shape[1:])}")
                 raise ConversionError(f"representative_data shape {a.shape} does not match the model input "
                                       f"(N,) + {tuple(s.shape[1:])}")
+        for i, a in enumerate(arrays):
+            _check_finite(a, f"representative_data[{i}]" if n_in > 1 else "representative_data")
     count = min(len(arrays[0]), MAX_CALIBRATION_SAMPLES)
 
     def gen():
