@@ -19,6 +19,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,7 +66,9 @@ def main(argv=None):
     float_model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     wbits = tuple(int(b) for b in args.weight_bits.split(","))
     abits = tuple(int(b) for b in args.act_bits.split(","))
-    search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=0.08)
+    with warnings.catch_warnings():   # an untrained model on purpose: only the epoch time is measured
+        warnings.filterwarnings("ignore", message=".*BatchNormalization layer.*initial statistics")
+        search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=0.08)
     search.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
                    arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
 
