@@ -635,12 +635,16 @@ def markdown(result, figs, previous=None):
               "0.5 w2 (89.6 -> 87.8%), which now land 1.6-1.7% lower; DS-CNN `size` w4-w2 77.9 +- 18.8 -> "
               "92.8 +- 1.3% (no seed collapses), but `tflm` w4 94.6 -> 92.5% and w2 94.3 -> 93.3% at 2-3% fewer "
               "bytes.",
-              "- Still open on DS-CNN with the `tflm` cost: `freeze`'s projection moves 68-180 channels in every "
-              "run (ResNet-8: 0-42). Measured in this run's rows: below w8 the search ends 5-19% above the "
-              "budget (one search epoch is 63 steps, half of them in the ramp; ResNet-8 ends -12% to +23%), and "
-              "the cost model puts the file 144-291 B (2-7%) under the converted one (ResNet-8: 0.4-3.5%), so "
-              "the projection must cut 10-25% more, in moves of 2-11 B each (median 7; a depthwise channel holds 9 "
-              "weights). Next leads: more search steps for small models, and the modelled file's gap.",
+              "- Still open on DS-CNN with the `tflm` cost: `freeze`'s projection counts 68-180 moves per run "
+              "(ResNet-8: 0-42; the down and up moves of every pass and of each re-projection after a flatbuffer "
+              "check, so not the net change). Below w8 the search ends 5-19% above the budget (ResNet-8: -12% to "
+              "+23%), and the cost model puts the file 144-291 B (2-7%) under the converted one (ResNet-8: "
+              "0.4-3.5%). Tried after this run (`benchmarks/front_points.py`, the same 3 seeds and float starts, rows in "
+              "`results/front_points_ds_cnn.json`; not kept) at w4, w2 and 0.7 w2: a shorter "
+              "ramp (`RAMP_FRACTION` 0.25) gave 93.1 / 92.8 / 31.5% against 92.5 / 93.3 / 54.3%; a faster "
+              "controller (`RATE` 0.6) ends the search within -7% to +6% of the budget and gave 91.7 / 92.3 / "
+              "68.4%, still with 55-168 moves. Reaching the budget earlier does not remove the moves; next leads: "
+              "what the re-projections after each flatbuffer check undo, and the modelled file's gap.",
               "- DS-CNN: the faster controller overshoots its small groups (at the w4 \"size\" budget the search ended "
               "14% under it and `freeze` moved 26 channels back), and below about 4.4 KB the flatbuffer is mostly "
               "graph (1.4 KB measured fixed part) and per-channel scales and biases: every joint point there "

@@ -2,6 +2,7 @@
 
     python benchmarks/search_overhead.py            # ResNet-8 shape on MNIST-5k
     python benchmarks/search_overhead.py --repeats 5
+    python benchmarks/search_overhead.py --old-defaults   # also min-max weights + soft gate, side by side
 
 Both models train on the same data with the same batch size; rounds alternate
 (float, search, float, search, ...) after one warm-up epoch each, so machine
@@ -57,6 +58,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weight-bits", default="0,2,4,8")
     p.add_argument("--act-bits", default="8")
+    p.add_argument("--old-defaults", action="store_true",
+                   help="also time the search with the defaults before 2026-12 (min-max weights, soft prune gate)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "search_overhead.json"))
     args = p.parse_args(argv)
     (x, y), _ = datasets.load(args.dataset)
@@ -66,21 +69,29 @@ def main(argv=None):
     float_model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     wbits = tuple(int(b) for b in args.weight_bits.split(","))
     abits = tuple(int(b) for b in args.act_bits.split(","))
-    with warnings.catch_warnings():   # an untrained model on purpose: only the epoch time is measured
-        warnings.filterwarnings("ignore", message=".*BatchNormalization layer.*initial statistics")
-        search = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=0.08)
-    search.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
-                   arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
+    def search_model(**kw):
+        with warnings.catch_warnings():   # an untrained model on purpose: only the epoch time is measured
+            warnings.filterwarnings("ignore", message=".*BatchNormalization layer.*initial statistics")
+            m = tfjpq.wrap(zoo.resnet8(input_shape=x.shape[1:]), weight_bits=wbits, act_bits=abits, strength=0.08,
+                           **kw)
+        m.compile(optimizer="adam", loss=loss, metrics=["accuracy"],
+                  arch_optimizer=keras.optimizers.SGD(1e-2, momentum=0.9))
+        return m
+
+    models = {"float": float_model, "search": search_model()}
+    if args.old_defaults:
+        models["search_minmax_soft"] = search_model(weight_quantizer="minmax", prune_gate="soft")
 
     print(f"warm-up (trace + first epoch) on {args.dataset}, {len(x)} images ...", flush=True)
-    timed_epochs(float_model, x, y, args.batch_size, 1)
-    timed_epochs(search, x, y, args.batch_size, 1)
-    times = {"float": [], "search": []}
+    for model in models.values():
+        timed_epochs(model, x, y, args.batch_size, 1)
+    times = {name: [] for name in models}
     for r in range(args.repeats):
-        for name, model in (("float", float_model), ("search", search)):
+        for name, model in models.items():
             times[name].extend(timed_epochs(model, x, y, args.batch_size, args.epochs_per_round))
-        print(f"round {r + 1}/{args.repeats}: float {statistics.median(times['float'][-args.epochs_per_round:]):.2f} s, "
-              f"search {statistics.median(times['search'][-args.epochs_per_round:]):.2f} s per epoch", flush=True)
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(
+            f"{name} {statistics.median(t[-args.epochs_per_round:]):.2f} s" for name, t in times.items())
+            + " per epoch", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["search"] / med["float"]
     result = {
@@ -89,6 +100,9 @@ def main(argv=None):
         "epoch_seconds": times, "median_seconds": med, "ratio": ratio, "target_ratio": 1.5,
         "meets_target": ratio <= 1.5, "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }
+    if args.old_defaults:
+        result["ratio_minmax_soft"] = med["search_minmax_soft"] / med["float"]
+        print(f"with min-max weights and the soft gate: ratio {result['ratio_minmax_soft']:.2f}x")
     print(f"median epoch: float {med['float']:.2f} s, search {med['search']:.2f} s -> ratio {ratio:.2f}x "
           f"(target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -35,3 +35,30 @@ def test_pareto_quick_measures_every_pipeline_in_tflm(tmp_path):
     text = md.read_text()
     assert "| joint-size |" in text and "Targets" in text
     assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "pareto_layers.png").exists()
+
+
+def test_front_points_parses_points_and_restores_the_controller_constants():
+    import front_points
+
+    from tfjpq import budget
+
+    assert front_points.parse_point("joint:tflm:w4:rate=0.6:bits=048") == (
+        ["joint", "tflm", "w4"], {"rate": 0.6, "bits": (0, 4, 8)})
+    assert front_points.parse_point("l1:4:w2") == (["l1", "4", "w2"], {})
+    for bad, says in (("joint:tflm:w4:speed=2", "unknown override 'speed'"), ("joint:tflm", "bad point"),
+                      ("uniform:4:rate=0.6", "joint points only"), ("qat:4", "bad point")):
+        with pytest.raises(SystemExit, match=says):
+            front_points.parse_point(bad)
+
+    seen = {}
+
+    class FakeBench:  # records the constants in force while the point runs
+        def joint(self, cost, target, label, **kw):
+            seen.update(rate=budget.RATE, ramp=budget.RAMP_FRACTION, target=target, kw=kw)
+            return {"tflm_acc": 0.5}
+
+    before = (budget.RATE, budget.RAMP_FRACTION)
+    named = {"tflm": {"w4": 1234.0}, "size": {}}
+    row = front_points.run_point(FakeBench(), "joint:tflm:w4:rate=0.6:ramp=0.25:bits=048", named)
+    assert seen == {"rate": 0.6, "ramp": 0.25, "target": 1234.0, "kw": {"bits": (0, 4, 8)}}
+    assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")

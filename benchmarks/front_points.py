@@ -1,0 +1,121 @@
+"""Single points of the Pareto benchmark, with the search controller's constants overridden.
+
+For trying a change to the search on a few budgets before a full ``pareto.py`` run: the same
+pipelines (``pareto.Bench``), the same float start (``build/pareto_cache``, shared with
+``pareto.py``), so an unchanged point gives the full run's row exactly.
+
+    python benchmarks/front_points.py ds_cnn --seeds 0 1 2 --out build/ds_rate.json \\
+        joint:tflm:w4 joint:tflm:w4:rate=0.6 joint:tflm:0.7w2:ramp=0.25 uniform:4 l1:4:w2
+
+Points: ``uniform:<bits>``, ``l1:<bits>:<budget>``, ``joint:<size|tflm>:<budget>[:key=value...]``.
+Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2``, ``w2``, ``0.7w2``,
+``0.5w2``). Overrides for a joint point: ``rate``, ``gain``, ``gain_under``, ``ramp`` (the
+``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``), ``bits``
+(``048`` is ``weight_bits=(0, 4, 8)``). Each point's row is appended to ``--out`` as it ends,
+and the mean over seeds of every point is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pareto  # noqa: E402
+
+CONSTANTS = {"rate": "RATE", "gain": "GAIN", "gain_under": "GAIN_UNDER", "ramp": "RAMP_FRACTION"}
+
+
+def parse_point(spec):
+    """``"joint:tflm:w4:rate=0.6"`` -> (["joint", "tflm", "w4"], {"rate": 0.6})."""
+    parts, overrides = [], {}
+    for part in spec.split(":"):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            if key == "bits":
+                overrides[key] = tuple(int(ch) for ch in value)
+            elif key in CONSTANTS:
+                overrides[key] = float(value)
+            else:
+                raise SystemExit(f"front_points: unknown override {key!r} in {spec!r} "
+                                 f"(known: bits, {', '.join(CONSTANTS)})")
+        else:
+            parts.append(part)
+    if not parts or parts[0] not in ("uniform", "l1", "joint") or \
+            len(parts) != {"uniform": 2, "l1": 3, "joint": 3}[parts[0]]:
+        raise SystemExit(f"front_points: bad point {spec!r} (uniform:<bits>, l1:<bits>:<budget>, "
+                         "joint:<cost>:<budget>[:key=value...])")
+    if overrides and parts[0] != "joint":
+        raise SystemExit(f"front_points: overrides apply to joint points only: {spec!r}")
+    return parts, overrides
+
+
+def run_point(bench, spec, named):
+    """One point's row, with the overrides in force only while it runs."""
+    from tfjpq import budget
+
+    parts, overrides = parse_point(spec)
+    saved = {name: getattr(budget, name) for name in CONSTANTS.values()}
+    try:
+        for key, value in overrides.items():
+            if key in CONSTANTS:
+                setattr(budget, CONSTANTS[key], value)
+        if parts[0] == "uniform":
+            row = bench.uniform(int(parts[1]))
+        elif parts[0] == "l1":
+            row = bench.l1(int(parts[1]), named["size"][parts[2]], parts[2])
+        else:
+            kwargs = {"bits": overrides["bits"]} if "bits" in overrides else {}
+            row = bench.joint(parts[1], named[parts[1]][parts[2]], parts[2], **kwargs)
+    finally:
+        for name, value in saved.items():
+            setattr(budget, name, value)
+    row["spec"] = spec
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["resnet8", "ds_cnn"])
+    p.add_argument("points", nargs="+")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", required=True, help="rows are appended to this JSON list")
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--cache", default=os.path.join(os.path.dirname(pareto.HERE), "build", "pareto_cache"))
+    args = p.parse_args(argv)
+    for spec in args.points:
+        parse_point(spec)  # every spec checked before any training
+    from tfjpq import datasets
+
+    data = datasets.load(args.dataset)
+    ns = argparse.Namespace(float_epochs=None, cache=args.cache, search_epochs=3, finetune_epochs=1,
+                            joint_search_epochs=1, distill=pareto.DISTILL)
+    rows = json.load(open(args.out)) if os.path.exists(args.out) else []
+    for seed in args.seeds:
+        bench = pareto.Bench(args.model, seed, data, ns)
+        costs = {c: {w: bench.uniform_cost(w, c) for w in (8, 4, 2)} for c in ("size", "tflm")}
+        named = {c: pareto.budgets(v[8], v[4], v[2]) for c, v in costs.items()}
+        print(f"seed {seed}: float {bench.float_acc:.3f}", flush=True)
+        for spec in args.points:
+            row = run_point(bench, spec, named)
+            rows.append(row)
+            with open(args.out + ".tmp", "w") as f:
+                json.dump(rows, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
+            print(f"  {spec:<34} acc {row['tflm_acc']:.3f}  flash {row['flash_bytes']:>7,} B  "
+                  f"moves {row.get('moves', '-')}  search end {row.get('search_end_cost', '-')}", flush=True)
+    print("\nmean over seeds:")
+    for spec in args.points:
+        mine = [r for r in rows if r.get("spec") == spec and r["model"] == args.model and r["seed"] in args.seeds]
+        accs = [100 * r["tflm_acc"] for r in mine]
+        print(f"  {spec:<34} {statistics.mean(accs):5.1f} %  {statistics.mean(r['flash_bytes'] for r in mine):>9,.0f} B"
+              f"  ({len(mine)} seeds)")
+
+
+if __name__ == "__main__":
+    main()
