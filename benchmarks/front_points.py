@@ -12,7 +12,9 @@ Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2`
 ``0.5w2``). Overrides for a joint point: ``rate``, ``gain``, ``gain_under``, ``ramp`` (the
 ``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``), ``bits``
 (``048`` is ``weight_bits=(0, 4, 8)``). Each point's row is appended to ``--out`` as it ends,
-and the mean over seeds of every point is printed at the end.
+and the mean over seeds of every point is printed at the end. ``--log-projection`` prints every
+projection pass of ``freeze`` and every flatbuffer check after it (cost before and after, moves,
+channels whose choice changed, the measured file against the modelled one).
 """
 
 from __future__ import annotations
@@ -79,6 +81,46 @@ def run_point(bench, spec, named):
     return row
 
 
+def log_projection():
+    """Make ``budget.project`` and ``budget.check_flatbuffer`` print what each pass does (for this process)."""
+    from tfjpq import budget
+
+    project, check = budget.project, budget.check_flatbuffer
+
+    def selection(model):
+        return {c.name: c.selected_index().copy() for c in model.precision_choices()}
+
+    def changed(a, b):
+        return sum(int((a[k] != b[k]).sum()) for k in a)
+
+    def logged_project(model, target, tolerance=budget.DEFAULT_TOLERANCE, **kw):
+        before = selection(model)
+        report = project(model, target, tolerance, **kw)
+        print(f"    project to {target:,.0f} B (tolerance {tolerance:.3f}): modelled {report['before']:,.0f} -> "
+              f"{report['after']:,.0f} B, {report['moves']} moves, {changed(before, selection(model))} channels "
+              "changed", flush=True)
+        return report
+
+    def logged_check(model, report, checks=budget.FLATBUFFER_CHECKS):
+        before, cost_model = selection(model), model.cost_model
+        measure = cost_model.measure
+
+        def logged_measure(m):
+            value = measure(m)
+            if value is not None:
+                print(f"    flatbuffer {value:,} B, modelled {float(m.hard_cost()):,.0f} B", flush=True)
+            return value
+
+        cost_model.measure = logged_measure
+        try:
+            return check(model, report, checks)
+        finally:
+            cost_model.measure = measure
+            print(f"    after the flatbuffer checks: {changed(before, selection(model))} channels changed", flush=True)
+
+    budget.project, budget.check_flatbuffer = logged_project, logged_check
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["resnet8", "ds_cnn"])
@@ -87,7 +129,10 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="rows are appended to this JSON list")
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--cache", default=os.path.join(os.path.dirname(pareto.HERE), "build", "pareto_cache"))
+    p.add_argument("--log-projection", action="store_true", help="print every projection pass and flatbuffer check")
     args = p.parse_args(argv)
+    if args.log_projection:
+        log_projection()
     for spec in args.points:
         parse_point(spec)  # every spec checked before any training
     from tfjpq import datasets

@@ -643,8 +643,13 @@ def markdown(result, figs, previous=None):
               "`results/front_points_ds_cnn.json`; not kept) at w4, w2 and 0.7 w2: a shorter "
               "ramp (`RAMP_FRACTION` 0.25) gave 93.1 / 92.8 / 31.5% against 92.5 / 93.3 / 54.3%; a faster "
               "controller (`RATE` 0.6) ends the search within -7% to +6% of the budget and gave 91.7 / 92.3 / "
-              "68.4%, still with 55-168 moves. Reaching the budget earlier does not remove the moves; next leads: "
-              "what the re-projections after each flatbuffer check undo, and the modelled file's gap.",
+              "68.4%, still with 55-168 moves. `front_points.py --log-projection` (seed 0, w4) shows where the "
+              "moves go: with the default the first projection takes the search's end (7,720 B modelled, +15%) "
+              "to the budget in 124 moves, and the check after it one more; with `RATE` 0.6 the search ends "
+              "under the budget (6,448 B), the projection adds 3 channels, the file measures 6,856 B (225 B "
+              "over the model, 2% over the budget) and the re-projection cuts 86 channels of about 3 B each. "
+              "Next lead: steer the search on the modelled cost plus the measured offset (one conversion "
+              "at the start), so it ends where the file, not the model, meets the budget.",
               "- DS-CNN: the faster controller overshoots its small groups (at the w4 \"size\" budget the search ended "
               "14% under it and `freeze` moved 26 channels back), and below about 4.4 KB the flatbuffer is mostly "
               "graph (1.4 KB measured fixed part) and per-channel scales and biases: every joint point there "

@@ -62,3 +62,23 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
     row = front_points.run_point(FakeBench(), "joint:tflm:w4:rate=0.6:ramp=0.25:bits=048", named)
     assert seen == {"rate": 0.6, "ramp": 0.25, "target": 1234.0, "kw": {"bits": (0, 4, 8)}}
     assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")
+
+
+def test_front_points_logs_each_projection_pass(monkeypatch, capsys):
+    import front_points
+    import keras
+
+    import tfjpq
+    from tfjpq import budget, datasets, zoo
+
+    monkeypatch.setattr(budget, "project", budget.project)           # restored after the test
+    monkeypatch.setattr(budget, "check_flatbuffer", budget.check_flatbuffer)
+    front_points.log_projection()
+    (x, y), _ = datasets.load("digits")
+    model = zoo.small_cnn(input_shape=(8, 8, 1), width=8)
+    search = tfjpq.wrap(model, target=0.5 * float(tfjpq.wrap(model, weight_bits=(8,), strength=0.0).hard_cost()))
+    search.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tuned = tfjpq.freeze(search)
+    out = capsys.readouterr().out
+    assert "project to" in out and f"{tuned.projection['moves']} moves" in out
+    assert "after the flatbuffer checks: 0 channels changed" in out  # "size" cost: nothing to measure
