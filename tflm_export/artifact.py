@@ -40,6 +40,17 @@ def io_details(info, which) -> list:
     return out
 
 
+def check_finite(a, what, error, why) -> None:
+    """Raise ``error`` naming ``what``, the count and the first index when a float array holds NaN or Inf."""
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.inexact):
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise error(f"{what} holds {int(bad.sum())} NaN or Inf values (first at index {first}); {why}")
+
+
 def quantize(x, detail) -> np.ndarray:
     """Float array -> the tensor's integer type (round to nearest, saturate); integer arrays pass through."""
     x = np.asarray(x)

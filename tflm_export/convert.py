@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from tflm_export import lean, modelinfo, packing, repair, storage
-from tflm_export.artifact import Artifact, check_out_dir, io_details
+from tflm_export.artifact import Artifact, check_finite, check_out_dir, io_details
 from tflm_export.codegen import c_identifier
 from tflm_export.errors import ConversionError, InvalidArgumentError
 
@@ -36,11 +36,7 @@ def _input_specs(model):
 
 def _check_finite(a, what):
     """Refuse NaN / Inf calibration inputs: they give NaN activation ranges and a broken model."""
-    bad = ~np.isfinite(a)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ConversionError(f"{what} holds {int(bad.sum())} NaN or Inf values (first at index {first}); "
-                              "calibration needs finite inputs")
+    check_finite(a, what, ConversionError, "calibration needs finite inputs")
 
 
 def _calibration(representative_data, specs, seed=0):

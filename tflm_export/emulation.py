@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tflm_export import cycles, modelinfo, runner
-from tflm_export.artifact import Artifact, dequantize, io_details, quantize
+from tflm_export.artifact import Artifact, check_finite, dequantize, io_details, quantize
 from tflm_export.boards import Board, get_board
 from tflm_export.errors import DoesNotFit, InvalidArgumentError, TFLMRuntimeError
 
@@ -175,9 +175,8 @@ def emulate(artifact_or_bytes, board="nano33ble", inputs=None, kernels: str = "c
                 a = a[None]
             if tuple(a.shape[1:]) != want:
                 raise InvalidArgumentError(f"input {d['name']!r} expects samples of shape {want}, got an array of shape {a.shape}")
-            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-                raise InvalidArgumentError(f"input {d['name']!r} holds {int((~np.isfinite(a)).sum())} NaN or Inf "
-                                           "values; int8 quantization would turn them into arbitrary numbers")
+            check_finite(a, f"input {d['name']!r}", InvalidArgumentError,
+                         "int8 quantization would turn them into arbitrary numbers")
             arrays.append(quantize(a, d))
     res = runner.run_tflm(data, arrays, num_outputs=len(outs), arena_size=arena_size, timeout=timeout)
 
