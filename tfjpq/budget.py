@@ -44,7 +44,7 @@ from tfjpq import cost as cost_lib
 
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
-    "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "BudgetRamp", "project",
+    "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "start_ramp", "project",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
@@ -134,30 +134,28 @@ def ramp_target(target, start, left, total):
     return target * tf.pow(ratio, frac)
 
 
-class BudgetRamp:
-    """Sets a search model's budget ramp at the start of its first ``fit`` (added by ``SearchModel.fit``).
+def start_ramp(model, params):
+    """Set a search model's budget ramp at the start of its first ``fit`` (``SearchModel.fit`` calls it).
 
-    Over the first :data:`RAMP_FRACTION` of that fit's steps, the budget the
-    controller steers to falls geometrically from the hard cost at the start
-    to the target (:func:`ramp_target`), so the gap it sees stays small: a
-    tight budget is approached as fast as the logits can follow, without the
-    multiplier winding up and overshooting far below it. A later ``fit`` (or
-    one resumed by ``BackupAndRestore``, which restores the ramp's state)
-    does not start a new ramp.
+    Over the first :data:`RAMP_FRACTION` of that fit's steps (``params``: the
+    callback's ``steps`` and ``epochs``), the budget the controller steers to
+    falls geometrically from the hard cost at the start to the target
+    (:func:`ramp_target`), so the gap it sees stays small: a tight budget is
+    approached as fast as the logits can follow, without the multiplier
+    winding up and overshooting far below it. A later ``fit`` (or one resumed
+    by ``BackupAndRestore``, which restores the ramp's state) does not start
+    a new ramp.
     """
-
-    @staticmethod
-    def begin(model, params):
-        if model.target is None or float(model._ramp_total.numpy()) > 0 or not params:
-            return
-        steps = params.get("steps") or 0
-        epochs = params.get("epochs") or 1
-        total = float(int(RAMP_FRACTION * steps * epochs))
-        if total < 1:
-            return
-        model._ramp_from.assign(float(model.hard_cost()))
-        model._ramp_left.assign(total)
-        model._ramp_total.assign(total)
+    if model.target is None or float(model._ramp_total.numpy()) > 0 or not params:
+        return
+    steps = params.get("steps") or 0
+    epochs = params.get("epochs") or 1
+    total = float(int(RAMP_FRACTION * steps * epochs))
+    if total < 1:
+        return
+    model._ramp_from.assign(float(model.hard_cost()))
+    model._ramp_left.assign(total)
+    model._ramp_total.assign(total)
 
 
 def controller_update(multiplier, strength, hard, target):

@@ -78,7 +78,7 @@ class SearchModel(keras.Model):
         self._target_var = self.add_weight(name="target", shape=(), initializer="zeros", trainable=False)
         self._target_var.assign(self._target or 0.0)
         self._hard_cost_var = self.add_weight(name="hard_cost", shape=(), initializer="zeros", trainable=False)
-        # the budget ramp of target mode (tfjpq.budget.BudgetRamp): start cost, steps left, ramp length
+        # the budget ramp of target mode (tfjpq.budget.start_ramp): start cost, steps left, ramp length
         self._ramp_from = self.add_weight(name="ramp_from", shape=(), initializer="zeros", trainable=False)
         self._ramp_left = self.add_weight(name="ramp_left", shape=(), initializer="zeros", trainable=False)
         self._ramp_total = self.add_weight(name="ramp_total", shape=(), initializer="zeros", trainable=False)
@@ -169,7 +169,7 @@ class SearchModel(keras.Model):
         return self.cost_model.total(cost_lib.layer_terms(self, hard=True))
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:class:`budget.BudgetRamp`)."""
+        """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:func:`budget.start_ramp`)."""
         return super().fit(*args, callbacks=list(callbacks or []) + [_RampCallback()], **kwargs)
 
     @property
@@ -355,10 +355,10 @@ class SearchModel(keras.Model):
 
 
 class _RampCallback(keras.callbacks.Callback):
-    """Starts the budget ramp when ``fit`` knows its steps (see :class:`tfjpq.budget.BudgetRamp`)."""
+    """Starts the budget ramp when ``fit`` knows its steps (see :func:`tfjpq.budget.start_ramp`)."""
 
     def on_train_begin(self, logs=None):
-        budget.BudgetRamp.begin(self.model, self.params)
+        budget.start_ramp(self.model, self.params)
 
 
 def _outputs_probabilities(model) -> bool:
