@@ -11,10 +11,12 @@ Points: ``uniform:<bits>``, ``l1:<bits>:<budget>``, ``joint:<size|tflm>:<budget>
 Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2``, ``w2``, ``0.7w2``,
 ``0.5w2``). Overrides for a joint point: ``rate``, ``gain``, ``gain_under``, ``ramp`` (the
 ``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``), ``bits``
-(``048`` is ``weight_bits=(0, 4, 8)``). Each point's row is appended to ``--out`` as it ends,
-and the mean over seeds of every point is printed at the end. ``--log-projection`` prints every
-projection pass of ``freeze`` and every flatbuffer check after it (cost before and after, moves,
-channels whose choice changed, the measured file against the modelled one).
+(``048`` is ``weight_bits=(0, 4, 8)``), ``floor`` (``min_channels`` of ``tfjpq.wrap``: an int,
+or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap``'s ``mode``, e.g.
+``hard``). Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every
+point is printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and
+every flatbuffer check after it (cost before and after, moves, channels whose choice changed, the
+measured file against the modelled one).
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ def parse_point(spec):
             key, value = part.split("=", 1)
             if key == "bits":
                 overrides[key] = tuple(int(ch) for ch in value)
+            elif key == "mode":
+                overrides[key] = value
+            elif key == "floor":
+                overrides[key] = float(value) if "." in value else int(value)
             elif key in CONSTANTS:
                 overrides[key] = float(value)
             else:
                 raise SystemExit(f"front_points: unknown override {key!r} in {spec!r} "
-                                 f"(known: bits, {', '.join(CONSTANTS)})")
+                                 f"(known: bits, floor, mode, {', '.join(CONSTANTS)})")
         else:
             parts.append(part)
     if not parts or parts[0] not in ("uniform", "l1", "joint") or \
@@ -73,6 +79,10 @@ def run_point(bench, spec, named):
             row = bench.l1(int(parts[1]), named["size"][parts[2]], parts[2])
         else:
             kwargs = {"bits": overrides["bits"]} if "bits" in overrides else {}
+            if "floor" in overrides:
+                kwargs["min_channels"] = overrides["floor"]
+            if "mode" in overrides:
+                kwargs["mode"] = overrides["mode"]
             row = bench.joint(parts[1], named[parts[1]][parts[2]], parts[2], **kwargs)
     finally:
         for name, value in saved.items():

@@ -45,6 +45,9 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
     assert front_points.parse_point("joint:tflm:w4:rate=0.6:bits=048") == (
         ["joint", "tflm", "w4"], {"rate": 0.6, "bits": (0, 4, 8)})
     assert front_points.parse_point("l1:4:w2") == (["l1", "4", "w2"], {})
+    assert front_points.parse_point("joint:size:w2:floor=0.25:mode=hard") == (
+        ["joint", "size", "w2"], {"floor": 0.25, "mode": "hard"})
+    assert front_points.parse_point("joint:size:w2:floor=3")[1] == {"floor": 3}
     for bad, says in (("joint:tflm:w4:speed=2", "unknown override 'speed'"), ("joint:tflm", "bad point"),
                       ("uniform:4:rate=0.6", "joint points only"), ("qat:4", "bad point")):
         with pytest.raises(SystemExit, match=says):
@@ -61,6 +64,8 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
     named = {"tflm": {"w4": 1234.0}, "size": {}}
     row = front_points.run_point(FakeBench(), "joint:tflm:w4:rate=0.6:ramp=0.25:bits=048", named)
     assert seen == {"rate": 0.6, "ramp": 0.25, "target": 1234.0, "kw": {"bits": (0, 4, 8)}}
+    front_points.run_point(FakeBench(), "joint:tflm:w4:floor=0.25:mode=hard", named)
+    assert seen["kw"] == {"min_channels": 0.25, "mode": "hard"}
     assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")
 
 

@@ -162,6 +162,57 @@ def test_tflm_cost_is_the_whole_flatbuffer_and_its_target_lands_on_the_converted
     assert mine.fixed_bytes is None
 
 
+def test_search_measures_its_file_and_steers_the_modelled_cost_plus_the_offset(trained_small_cnn, digits):
+    from tfjpq.tflm_cost import flatbuffer_bytes
+
+    (x, y), _ = digits
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    search.target = 0.45 * search.reference_cost
+    assert float(search._measured_offset.numpy()) == 0.0
+    batch, calls = [None], []
+    measure = search.cost_model.measure
+
+    def counted(model):
+        calls.append(batch[0])
+        return measure(model)
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, b, logs=None):
+            batch[0] = b
+
+        def on_epoch_end(self, epoch, logs=None):
+            batch[0] = "end"
+
+    search.cost_model.measure = counted
+    search.compile(optimizer="adam", loss=LOSS)
+    steps = int(np.ceil(len(x) / 64))
+    search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[Watch()])
+    del search.cost_model.measure
+    # converted once when the ramp reached the target, once at the epoch's end
+    assert calls == [int(budget.RAMP_FRACTION * steps) - 1, "end"]
+    offset = float(search._measured_offset.numpy())
+    assert offset == pytest.approx(flatbuffer_bytes(search) - float(search.hard_cost()))
+    assert budget.measure_offset(search) == pytest.approx(offset)
+    # the training step steers hard cost + offset: the same step with a larger offset pulls harder
+    strengths = []
+    for preset in (0.0, 0.2 * search.target):
+        keras.utils.set_random_seed(0)
+        twin = tfjpq.wrap(trained_small_cnn, cost="tflm", target=float(search.hard_cost()))
+        twin._measured_offset.assign(preset)
+        twin.compile(optimizer="adam", loss=LOSS)
+        twin.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)  # one step, no ramp
+        strengths.append(twin.strength)
+    assert strengths[1] > strengths[0] > 0
+    # freeze aims the modelled cost at the budget less the offset; the file lands under the budget
+    search._measured_offset.assign(300.0)
+    tuned = tfjpq.freeze(search)
+    assert tuned.projection["target"] == pytest.approx(search.target * (1 - search.tolerance / 2) - 300.0)
+    assert 0.97 * search.target <= tuned.projection["flatbuffer_bytes"] <= search.target
+    # a cost that cannot measure the file keeps no offset
+    sized = tfjpq.wrap(trained_small_cnn, target=3000)
+    assert budget.measure_offset(sized) is None and float(sized._measured_offset.numpy()) == 0.0
+
+
 def test_ramp_target_is_a_geometric_path_from_the_start_to_the_target():
     import tensorflow as tf
 

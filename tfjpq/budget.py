@@ -45,6 +45,7 @@ from tfjpq import cost as cost_lib
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
     "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "start_ramp", "project",
+    "measure_offset", "check_flatbuffer",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
@@ -156,6 +157,34 @@ def start_ramp(model, params):
     model._ramp_from.assign(float(model.hard_cost()))
     model._ramp_left.assign(total)
     model._ramp_total.assign(total)
+
+
+def measure_offset(model):
+    """Measure the deployed file of a search in target mode; keep ``file - modelled hard cost`` for the controller.
+
+    For a cost model that can measure (``CostModel.measure``; the flash cost of
+    ``"tflm"``), converts the hard choices now and stores the difference in
+    the search model's ``_measured_offset``: the controller then steers the
+    modelled hard cost plus that offset to the budget, and :func:`tfjpq.freeze`
+    projects onto the budget less the offset, so the search ends where the
+    *file* meets the budget (the per-layer model misses, for example, the
+    shape vectors the lean flatbuffer shares while layers have equal widths).
+    ``SearchModel.fit`` calls it when the budget ramp ends and after every
+    epoch. Returns the offset, or None where nothing can be measured.
+
+    Example::
+
+        search = tfjpq.wrap(model, cost="tflm", target=20_000)
+        tfjpq.budget.measure_offset(search)     # e.g. 96.0 (bytes the model does not see)
+    """
+    if model.target is None:
+        return None
+    measured = model.cost_model.measure(model)
+    if measured is None:
+        return None
+    offset = float(measured) - float(model.hard_cost())
+    model._measured_offset.assign(offset)
+    return offset
 
 
 def controller_update(multiplier, strength, hard, target):

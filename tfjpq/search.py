@@ -82,6 +82,10 @@ class SearchModel(keras.Model):
         self._ramp_from = self.add_weight(name="ramp_from", shape=(), initializer="zeros", trainable=False)
         self._ramp_left = self.add_weight(name="ramp_left", shape=(), initializer="zeros", trainable=False)
         self._ramp_total = self.add_weight(name="ramp_total", shape=(), initializer="zeros", trainable=False)
+        # bytes of the converted file minus the modelled hard cost, where the cost model can measure
+        # (tfjpq.budget.measure_offset); the controller steers on hard cost + offset
+        self._measured_offset = self.add_weight(name="measured_offset", shape=(), initializer="zeros",
+                                                trainable=False)
         self._reference = self.add_weight(name="cost_reference", shape=(), initializer="ones", trainable=False)
         self._reference.assign(cost_lib.reference_cost(self, self._cost_model))
         self.arch_optimizer = None
@@ -169,7 +173,13 @@ class SearchModel(keras.Model):
         return self.cost_model.total(cost_lib.layer_terms(self, hard=True))
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:func:`budget.start_ramp`)."""
+        """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:func:`budget.start_ramp`).
+
+        With a cost that can measure the deployed file (``cost="tflm"``), the file
+        is also converted once when the ramp ends and after every epoch, and the
+        controller steers the modelled cost plus the measured difference
+        (:func:`budget.measure_offset`).
+        """
         return super().fit(*args, callbacks=list(callbacks or []) + [_RampCallback()], **kwargs)
 
     @property
@@ -245,7 +255,7 @@ class SearchModel(keras.Model):
         self._hard_cost_var.assign(hard)
         if self._target is not None and self.arch_variables():
             goal = budget.ramp_target(self._target_var, self._ramp_from, self._ramp_left, self._ramp_total)
-            budget.controller_update(self._multiplier, self._strength, hard, goal)
+            budget.controller_update(self._multiplier, self._strength, hard + self._measured_offset, goal)
             self._ramp_left.assign(tf.maximum(self._ramp_left - 1.0, 0.0))
         strength = tf.stop_gradient(tf.convert_to_tensor(self._strength))
         self._cost_metric.update_state(c)
@@ -355,10 +365,25 @@ class SearchModel(keras.Model):
 
 
 class _RampCallback(keras.callbacks.Callback):
-    """Starts the budget ramp when ``fit`` knows its steps (see :func:`tfjpq.budget.start_ramp`)."""
+    """Starts the budget ramp when ``fit`` knows its steps (see :func:`tfjpq.budget.start_ramp`); measures the file.
+
+    In target mode with a cost that can measure the deployed file, the
+    offset between the file and the modelled hard cost is measured when the
+    ramp has just reached the target and at the end of every epoch
+    (:func:`tfjpq.budget.measure_offset`).
+    """
 
     def on_train_begin(self, logs=None):
         budget.start_ramp(self.model, self.params)
+        self._ramp_was_on = float(self.model._ramp_left.numpy()) > 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._ramp_was_on and float(self.model._ramp_left.numpy()) == 0:
+            self._ramp_was_on = False
+            budget.measure_offset(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        budget.measure_offset(self.model)
 
 
 def _outputs_probabilities(model) -> bool:
@@ -567,7 +592,10 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
     choices are then projected onto the budget (:func:`tfjpq.budget.project`):
     if the hard cost is more than ``tolerance`` off the target, channels are
     moved one precision step at a time, those whose logits least prefer their
-    choice first, until it lands at or just below the target. What the
+    choice first, until it lands at or just below the target. Where the search
+    measured its file (``cost="tflm"``, :func:`tfjpq.budget.measure_offset`),
+    the projection aims at the budget less that offset, and the converted file
+    is checked after it (:func:`tfjpq.budget.check_flatbuffer`). What the
     projection did is in ``frozen.projection`` (a dict, or None).
 
     Example::
@@ -595,7 +623,11 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
         choice.alpha.assign(alpha)
     frozen.projection = None
     if frozen.target is not None and project is not False:
-        frozen.projection = budget.project(frozen, frozen.target, frozen.tolerance)
+        offset, tol = float(frozen._measured_offset.numpy()), frozen.tolerance
+        if offset:  # the file was measured during the search: aim the modelled cost where the file meets the budget
+            frozen.projection = budget.project(frozen, frozen.target * (1.0 - tol / 2) - offset, tol / 2)
+        else:
+            frozen.projection = budget.project(frozen, frozen.target, tol)
         budget.check_flatbuffer(frozen, frozen.projection)
     frozen._hard_cost_var.assign(float(frozen.hard_cost()))
     _zero_dead_inputs(frozen)
