@@ -87,3 +87,17 @@ def test_front_points_logs_each_projection_pass(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "project to" in out and f"{tuned.projection['moves']} moves" in out
     assert "after the flatbuffer checks: 0 channels changed" in out  # "size" cost: nothing to measure
+
+
+def test_pareto_comparison_lists_only_the_points_that_changed():
+    import pareto
+
+    def row(method, budget, nbytes, acc):
+        return dict(model="m", seed=0, method=method, budget=budget, flash_bytes=nbytes, tflm_acc=acc, wall_s=1.0)
+
+    now = {"meta": {"models": ["m"]}, "rows": [row("joint-tflm", "w4", 6500, 0.95), row("uniform-w4", None, 6792, 0.96)]}
+    then = {"meta": {"date": "2026-12-01", "defaults": "no file measured during the search"}, "path": "old.json",
+            "rows": [row("joint-tflm", "w4", 6600, 0.92), row("uniform-w4", None, 6792, 0.96)]}
+    text = "\n".join(pareto._comparison(now, then))
+    assert "| m | joint-tflm | w4 | 6,600 B, 92.0% | 6,500 B, 95.0% |" in text
+    assert "uniform-w4" not in text and "no file measured during the search" in text and "`old.json`" in text
