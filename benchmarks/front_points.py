@@ -13,9 +13,10 @@ Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2`
 ``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``), ``bits``
 (``048`` is ``weight_bits=(0, 4, 8)``), ``floor`` (``min_channels`` of ``tfjpq.wrap``: an int,
 or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap``'s ``mode``, e.g.
-``hard``). Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every
-point is printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and
-every flatbuffer check after it (cost before and after, moves, channels whose choice changed, the
+``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin_per_byte``).
+Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
+printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and every
+flatbuffer check after it (cost before and after, moves, channels whose choice changed, the
 measured file against the modelled one).
 """
 
@@ -43,7 +44,7 @@ def parse_point(spec):
             key, value = part.split("=", 1)
             if key == "bits":
                 overrides[key] = tuple(int(ch) for ch in value)
-            elif key == "mode":
+            elif key in ("mode", "order"):
                 overrides[key] = value
             elif key == "floor":
                 overrides[key] = float(value) if "." in value else int(value)
@@ -51,7 +52,7 @@ def parse_point(spec):
                 overrides[key] = float(value)
             else:
                 raise SystemExit(f"front_points: unknown override {key!r} in {spec!r} "
-                                 f"(known: bits, floor, mode, {', '.join(CONSTANTS)})")
+                                 f"(known: bits, floor, mode, order, {', '.join(CONSTANTS)})")
         else:
             parts.append(part)
     if not parts or parts[0] not in ("uniform", "l1", "joint") or \
@@ -70,9 +71,12 @@ def run_point(bench, spec, named):
     parts, overrides = parse_point(spec)
     saved = {name: getattr(budget, name) for name in CONSTANTS.values()}
     try:
+        saved["MOVE_ORDER"] = budget.MOVE_ORDER
         for key, value in overrides.items():
             if key in CONSTANTS:
                 setattr(budget, CONSTANTS[key], value)
+            if key == "order":
+                budget.MOVE_ORDER = value
         if parts[0] == "uniform":
             row = bench.uniform(int(parts[1]))
         elif parts[0] == "l1":

@@ -66,6 +66,14 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
     assert seen == {"rate": 0.6, "ramp": 0.25, "target": 1234.0, "kw": {"bits": (0, 4, 8)}}
     front_points.run_point(FakeBench(), "joint:tflm:w4:floor=0.25:mode=hard", named)
     assert seen["kw"] == {"min_channels": 0.25, "mode": "hard"}
+
+    class OrderBench:
+        def joint(self, cost, target, label, **kw):
+            seen.update(order=budget.MOVE_ORDER)
+            return {}
+
+    front_points.run_point(OrderBench(), "joint:tflm:w4:order=margin_per_byte", named)
+    assert seen["order"] == "margin_per_byte" and budget.MOVE_ORDER == "margin"
     assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")
 
 
@@ -95,7 +103,8 @@ def test_pareto_comparison_lists_only_the_points_that_changed():
     def row(method, budget, nbytes, acc):
         return dict(model="m", seed=0, method=method, budget=budget, flash_bytes=nbytes, tflm_acc=acc, wall_s=1.0)
 
-    now = {"meta": {"models": ["m"]}, "rows": [row("joint-tflm", "w4", 6500, 0.95), row("uniform-w4", None, 6792, 0.96)]}
+    now = {"meta": {"models": ["m"]},
+           "rows": [row("joint-tflm", "w4", 6500, 0.95), row("uniform-w4", None, 6792, 0.96)]}
     then = {"meta": {"date": "2026-12-01", "defaults": "no file measured during the search"}, "path": "old.json",
             "rows": [row("joint-tflm", "w4", 6600, 0.92), row("uniform-w4", None, 6792, 0.96)]}
     text = "\n".join(pareto._comparison(now, then))

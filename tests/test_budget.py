@@ -68,6 +68,27 @@ def test_freeze_projects_onto_the_target_both_ways(target, trained_small_cnn):
     assert tfjpq.profile(frozen).totals["weight_bytes"] == pytest.approx(after)
 
 
+def test_projection_can_order_moves_by_margin_per_byte(trained_small_cnn, monkeypatch):
+    search = tfjpq.wrap(trained_small_cnn)
+    for c in search.precision_choices():  # every channel at 8 bits, the same margin over 4 bits everywhere
+        alpha = np.zeros(c.alpha.shape, np.float32)
+        alpha[c.bits.index(8)] = 1.0
+        c.alpha.assign(alpha)
+    sel = {c.name: c.selected_index() for c in search.precision_choices()}
+    first = budget._moves(search, sel, down=True, acts={})[0]
+    monkeypatch.setattr(budget, "MOVE_ORDER", "margin_per_byte")
+    moves = budget._moves(search, sel, down=True, acts={})
+    saved = {}
+    for c in search.precision_choices():
+        saved[c.name] = budget._move_bytes(search, sel, {}, c, down=True)[c.bits.index(8)]
+    # equal margins: by margin the first group's channel leads; per byte, one of the group saving the most
+    assert first[1] == search.precision_choices()[0].name
+    assert moves[0][1] == max(saved, key=saved.get) and saved[moves[0][1]] > saved[first[1]]
+    goal = 0.6 * search.reference_cost
+    search.target = goal
+    assert abs(float(tfjpq.freeze(search).hard_cost()) / goal - 1) <= 0.03
+
+
 def test_target_errors_are_clear(trained_small_cnn):
     with pytest.raises(ValueError, match="positive"):
         tfjpq.wrap(trained_small_cnn, target=0)

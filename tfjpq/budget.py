@@ -24,7 +24,8 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   (when more than ``tolerance`` under it), until the cost is as close to ``B``
   from below as single moves allow (upward, the moves that would jump over
   ``B`` are skipped and later, smaller ones tried). It never takes a group below its
-  ``min_channels``.
+  ``min_channels``. ``MOVE_ORDER = "margin_per_byte"`` (experimental, not the default)
+  orders the moves by logit margin per byte the move changes instead.
 
 Example::
 
@@ -43,9 +44,9 @@ import tensorflow as tf
 from tfjpq import cost as cost_lib
 
 __all__ = [
-    "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "selection_cost",
-    "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update", "start_ramp", "project",
-    "measure_offset", "check_flatbuffer",
+    "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
+    "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
+    "start_ramp", "project", "measure_offset", "check_flatbuffer",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
@@ -206,7 +207,25 @@ def controller_update(multiplier, strength, hard, target):
     return new
 
 
-def _moves(model, sel, down):
+MOVE_ORDER = "margin"  # or "margin_per_byte": the logit margin divided by the bytes the move changes (experimental)
+
+
+def _move_bytes(model, sel, acts, c, down):
+    """{current index: |cost change| of moving one channel of group ``c`` one step} (for ``MOVE_ORDER``)."""
+    base = selection_cost(model, sel, acts)
+    out = {}
+    idx = sel[c.name]
+    for cur in np.unique(idx):
+        new = cur - 1 if down else cur + 1
+        if not 0 <= new < len(c.bits):
+            continue
+        trial = {k: v.copy() for k, v in sel.items()}
+        trial[c.name][int(np.nonzero(idx == cur)[0][0])] = new
+        out[int(cur)] = max(abs(selection_cost(model, trial, acts) - base), 1e-3)
+    return out
+
+
+def _moves(model, sel, down, acts=None):
     """Candidate one-step moves ``(score, group, channel, new index)``; lower score = move first."""
     moves = []
     for c in model.precision_choices():
@@ -215,13 +234,17 @@ def _moves(model, sel, down):
         n = len(c.bits)
         zero = c.bits.index(0) if c.prunable else None
         kept = int(np.sum(idx != zero)) if c.prunable else c.channels
+        per_byte = _move_bytes(model, sel, acts, c, down) if MOVE_ORDER == "margin_per_byte" else None
         group_moves = []
         for ch in range(c.channels):
             cur = int(idx[ch])
             new = cur - 1 if down else cur + 1
             if not 0 <= new < n:
                 continue
-            group_moves.append((float(alpha[cur, ch] - alpha[new, ch]), c.name, ch, new))
+            margin = float(alpha[cur, ch] - alpha[new, ch])
+            if per_byte is not None:
+                margin = margin / per_byte[cur] if margin > 0 else margin * per_byte[cur]
+            group_moves.append((margin, c.name, ch, new))
         if down and c.prunable:  # at most kept - min_channels channels of this group may go to 0 bits in one pass
             group_moves.sort()
             allowed = max(kept - min(c.min_channels, c.channels), 0)
@@ -272,7 +295,7 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
             down = False
         else:
             break
-        moves = _moves(model, sel, down)
+        moves = _moves(model, sel, down, acts)
         if not moves:
             break
         lo, hi = 0, len(moves)  # bisection on how many of the ordered moves to apply
