@@ -110,3 +110,26 @@ def test_pareto_comparison_lists_only_the_points_that_changed():
     text = "\n".join(pareto._comparison(now, then))
     assert "| m | joint-tflm | w4 | 6,600 B, 92.0% | 6,500 B, 95.0% |" in text
     assert "uniform-w4" not in text and "no file measured during the search" in text and "`old.json`" in text
+
+
+def test_merge_rows_replaces_the_rows_it_redoes_and_refuses_strays(tmp_path):
+    import merge_rows
+
+    def row(method, seed, budget, acc):
+        return dict(model="m", seed=seed, method=method, budget=budget, tflm_acc=acc)
+
+    result = {"meta": {"command": "pareto.py"}, "rows": [row("joint-tflm", 0, "w4", 0.90), row("l1-w4", 0, "w2", 0.8)]}
+    path, before = tmp_path / "pareto.json", tmp_path / "before.json"
+    path.write_text(json.dumps(result))
+    reruns = tmp_path / "r.json"
+    reruns.write_text(json.dumps([dict(row("joint-tflm", 0, "w4", 0.95), spec="joint:tflm:w4")]))
+    merge_rows.main([str(reruns), "--into", str(path), "--keep-before", str(before), "--before-note", "old",
+                     "--command", "front_points.py m"])
+    merged = json.loads(path.read_text())
+    assert sorted((r["method"], r["tflm_acc"]) for r in merged["rows"]) == [("joint-tflm", 0.95), ("l1-w4", 0.8)]
+    assert "spec" not in merged["rows"][-1] and merged["meta"]["command"].endswith("front_points.py m")
+    assert json.loads(before.read_text())["meta"]["defaults"] == "old"
+    with pytest.raises(SystemExit, match="redo no row"):
+        merge_rows.merge(result, [row("joint-tflm", 1, "w4", 0.9)])
+    with pytest.raises(SystemExit, match="twice"):
+        merge_rows.merge(result, [row("joint-tflm", 0, "w4", 0.9)] * 2)
