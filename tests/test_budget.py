@@ -78,9 +78,9 @@ def test_projection_can_order_moves_by_margin_per_byte(trained_small_cnn, monkey
     first = budget._moves(search, sel, down=True, acts={})[0]
     monkeypatch.setattr(budget, "MOVE_ORDER", "margin_per_byte")
     moves = budget._moves(search, sel, down=True, acts={})
-    saved = {}
+    saved, base = {}, budget.selection_cost(search, sel, {})
     for c in search.precision_choices():
-        saved[c.name] = budget._move_bytes(search, sel, {}, c, down=True)[c.bits.index(8)]
+        saved[c.name] = budget._move_bytes(search, sel, {}, c, down=True, base=base)[c.bits.index(8)]
     # equal margins: by margin the first group's channel leads; per byte, one of the group saving the most
     assert first[1] == search.precision_choices()[0].name
     assert moves[0][1] == max(saved, key=saved.get) and saved[moves[0][1]] > saved[first[1]]

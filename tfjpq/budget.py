@@ -210,9 +210,11 @@ def controller_update(multiplier, strength, hard, target):
 MOVE_ORDER = "margin"  # or "margin_per_byte": the logit margin divided by the bytes the move changes (experimental)
 
 
-def _move_bytes(model, sel, acts, c, down):
-    """{current index: |cost change| of moving one channel of group ``c`` one step} (for ``MOVE_ORDER``)."""
-    base = selection_cost(model, sel, acts)
+def _move_bytes(model, sel, acts, c, down, base):
+    """{current index: |cost change| of moving one channel of group ``c`` one step} (for ``MOVE_ORDER``).
+
+    ``base``: ``selection_cost(model, sel, acts)``, priced once by the caller for every group.
+    """
     out = {}
     idx = sel[c.name]
     for cur in np.unique(idx):
@@ -228,13 +230,14 @@ def _move_bytes(model, sel, acts, c, down):
 def _moves(model, sel, down, acts=None):
     """Candidate one-step moves ``(score, group, channel, new index)``; lower score = move first."""
     moves = []
+    base = selection_cost(model, sel, acts) if MOVE_ORDER == "margin_per_byte" else None
     for c in model.precision_choices():
         alpha = c.alpha.numpy()
         idx = sel[c.name]
         n = len(c.bits)
         zero = c.bits.index(0) if c.prunable else None
         kept = int(np.sum(idx != zero)) if c.prunable else c.channels
-        per_byte = _move_bytes(model, sel, acts, c, down) if MOVE_ORDER == "margin_per_byte" else None
+        per_byte = _move_bytes(model, sel, acts, c, down, base) if base is not None else None
         group_moves = []
         for ch in range(c.channels):
             cur = int(idx[ch])
