@@ -180,7 +180,7 @@ class SearchModel(keras.Model):
         controller steers the modelled cost plus the measured difference
         (:func:`budget.measure_offset`).
         """
-        return super().fit(*args, callbacks=list(callbacks or []) + [_RampCallback()], **kwargs)
+        return super().fit(*args, callbacks=list(callbacks or []) + [_BudgetCallback()], **kwargs)
 
     @property
     def budget_goal(self) -> float:
@@ -364,7 +364,7 @@ class SearchModel(keras.Model):
         return cfg
 
 
-class _RampCallback(keras.callbacks.Callback):
+class _BudgetCallback(keras.callbacks.Callback):
     """Starts the budget ramp when ``fit`` knows its steps (see :func:`tfjpq.budget.start_ramp`); measures the file.
 
     In target mode with a cost that can measure the deployed file, the
