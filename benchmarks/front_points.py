@@ -9,11 +9,13 @@ pipelines (``pareto.Bench``), the same float start (``build/pareto_cache``, shar
 
 Points: ``uniform:<bits>``, ``l1:<bits>:<budget>``, ``joint:<size|tflm>:<budget>[:key=value...]``.
 Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2``, ``w2``, ``0.7w2``,
-``0.5w2``). Overrides for a joint point: ``rate``, ``gain``, ``gain_under``, ``ramp`` (the
-``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``), ``bits``
+``0.5w2``). Overrides for a joint point: ``rate``, ``gain``, ``gain_under``, ``ramp``, ``max_strength``
+(the ``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``, ``MAX_STRENGTH``), ``bits``
 (``048`` is ``weight_bits=(0, 4, 8)``), ``floor`` (``min_channels`` of ``tfjpq.wrap``: an int,
 or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap``'s ``mode``, e.g.
-``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin_per_byte``).
+``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin_per_byte``),
+``search`` (search epochs, of the same total; the fine-tune gets the rest), ``distill`` (its weight),
+``arch_lr`` (``tfjpq.search.DEFAULT_ARCH_LR``: the logits' Adam learning rate).
 Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
 printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and every
 flatbuffer check after it (cost before and after, moves, channels whose choice changed, the
@@ -33,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pareto  # noqa: E402
 
-CONSTANTS = {"rate": "RATE", "gain": "GAIN", "gain_under": "GAIN_UNDER", "ramp": "RAMP_FRACTION"}
+CONSTANTS = {"rate": "RATE", "gain": "GAIN", "gain_under": "GAIN_UNDER", "ramp": "RAMP_FRACTION",
+             "max_strength": "MAX_STRENGTH"}
 
 
 def parse_point(spec):
@@ -46,13 +49,17 @@ def parse_point(spec):
                 overrides[key] = tuple(int(ch) for ch in value)
             elif key in ("mode", "order"):
                 overrides[key] = value
+            elif key == "search":
+                overrides[key] = int(value)
+            elif key in ("distill", "arch_lr"):
+                overrides[key] = float(value)
             elif key == "floor":
                 overrides[key] = float(value) if "." in value else int(value)
             elif key in CONSTANTS:
                 overrides[key] = float(value)
             else:
                 raise SystemExit(f"front_points: unknown override {key!r} in {spec!r} "
-                                 f"(known: bits, floor, mode, order, {', '.join(CONSTANTS)})")
+                                 f"(known: bits, floor, mode, order, search, distill, arch_lr, {', '.join(CONSTANTS)})")
         else:
             parts.append(part)
     if not parts or parts[0] not in ("uniform", "l1", "joint") or \
@@ -67,10 +74,13 @@ def parse_point(spec):
 def run_point(bench, spec, named):
     """One point's row, with the overrides in force only while it runs."""
     from tfjpq import budget
+    from tfjpq import search as search_lib
 
     parts, overrides = parse_point(spec)
     saved = {name: getattr(budget, name) for name in CONSTANTS.values()}
+    arch_lr = search_lib.DEFAULT_ARCH_LR
     try:
+        search_lib.DEFAULT_ARCH_LR = overrides.get("arch_lr", arch_lr)
         saved["MOVE_ORDER"] = budget.MOVE_ORDER
         for key, value in overrides.items():
             if key in CONSTANTS:
@@ -87,8 +97,13 @@ def run_point(bench, spec, named):
                 kwargs["min_channels"] = overrides["floor"]
             if "mode" in overrides:
                 kwargs["mode"] = overrides["mode"]
+            if "search" in overrides:
+                kwargs["search_epochs"] = overrides["search"]
+            if "distill" in overrides:
+                kwargs["distill"] = overrides["distill"]
             row = bench.joint(parts[1], named[parts[1]][parts[2]], parts[2], **kwargs)
     finally:
+        search_lib.DEFAULT_ARCH_LR = arch_lr
         for name, value in saved.items():
             setattr(budget, name, value)
     row["spec"] = spec

@@ -7,7 +7,8 @@ every rerun row must replace one (nothing is only added), and the file is writte
 
     python benchmarks/merge_rows.py --into benchmarks/results/pareto.json \\
         --keep-before benchmarks/results/pareto_before.json --before-note "no file measured" \\
-        --command "front_points.py resnet8 ... and ds_cnn ..." build/tflm_r8.json build/tflm_ds.json
+        --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2 \
+        build/tflm_r8.json build/tflm_ds.json
     python benchmarks/pareto.py --report-only --previous benchmarks/results/pareto_before.json
 """
 
@@ -50,7 +51,18 @@ def main(argv=None):
     p.add_argument("--keep-before", help="first save the result as it was here (for --previous)")
     p.add_argument("--before-note", default="", help="what differed then (the comparison's 'defaults of then')")
     p.add_argument("--command", default="", help="how the reruns were made, added to meta.command")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="meta fields the reruns changed (a JSON value, else a string), e.g. joint_search_epochs=2")
     args = p.parse_args(argv)
+    updates = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"merge_rows: --set takes KEY=VALUE, got {item!r}")
+        try:
+            updates[name] = json.loads(value)
+        except json.JSONDecodeError:
+            updates[name] = value
     result = json.load(open(args.into))
     if args.keep_before:
         before = json.loads(json.dumps(result))
@@ -61,6 +73,7 @@ def main(argv=None):
     merged = merge(result, rows)
     if args.command:
         merged["meta"] = dict(merged["meta"], command=merged["meta"]["command"] + "`; then rerun: `" + args.command)
+    merged["meta"] = dict(merged["meta"], **updates)
     write(merged, args.into)
     print(f"merge_rows: {len(rows)} rows replaced in {args.into}")
 

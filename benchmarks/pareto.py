@@ -173,7 +173,8 @@ class Bench:
         self._fit(frozen, 3e-4, ft_lo, **kd)
         return self.measure(frozen, method or f"joint-{cost}", t0, cost=cost, target=float(target), budget=label,
                             search_end_cost=end_cost, hard_cost=hard, target_error=hard / float(target) - 1.0,
-                            moves=(frozen.projection or {}).get("moves"))
+                            moves=(frozen.projection or {}).get("moves"),
+                            checked_bytes=(frozen.projection or {}).get("flatbuffer_bytes"))
 
     def l1(self, bits, target, label):
         """L1-ranked channel pruning to ``target`` bytes of weights, then uniform QAT at ``bits``."""

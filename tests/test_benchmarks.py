@@ -66,6 +66,18 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
     assert seen == {"rate": 0.6, "ramp": 0.25, "target": 1234.0, "kw": {"bits": (0, 4, 8)}}
     front_points.run_point(FakeBench(), "joint:tflm:w4:floor=0.25:mode=hard", named)
     assert seen["kw"] == {"min_channels": 0.25, "mode": "hard"}
+    front_points.run_point(FakeBench(), "joint:tflm:w4:search=2:distill=0.8", named)
+    assert seen["kw"] == {"search_epochs": 2, "distill": 0.8}
+
+    from tfjpq import search as search_lib
+
+    class LrBench:
+        def joint(self, cost, target, label, **kw):
+            seen.update(arch_lr=search_lib.DEFAULT_ARCH_LR, kw=kw)
+            return {}
+
+    front_points.run_point(LrBench(), "joint:tflm:w4:arch_lr=0.05", named)
+    assert seen["arch_lr"] == 0.05 and seen["kw"] == {} and search_lib.DEFAULT_ARCH_LR == 0.02
 
     class OrderBench:
         def joint(self, cost, target, label, **kw):
@@ -124,11 +136,14 @@ def test_merge_rows_replaces_the_rows_it_redoes_and_refuses_strays(tmp_path):
     reruns = tmp_path / "r.json"
     reruns.write_text(json.dumps([dict(row("joint-tflm", 0, "w4", 0.95), spec="joint:tflm:w4")]))
     merge_rows.main([str(reruns), "--into", str(path), "--keep-before", str(before), "--before-note", "old",
-                     "--command", "front_points.py m"])
+                     "--command", "front_points.py m", "--set", "joint_search_epochs=2", "note=rerun"])
     merged = json.loads(path.read_text())
+    assert merged["meta"]["joint_search_epochs"] == 2 and merged["meta"]["note"] == "rerun"
     assert sorted((r["method"], r["tflm_acc"]) for r in merged["rows"]) == [("joint-tflm", 0.95), ("l1-w4", 0.8)]
     assert "spec" not in merged["rows"][-1] and merged["meta"]["command"].endswith("front_points.py m")
     assert json.loads(before.read_text())["meta"]["defaults"] == "old"
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        merge_rows.main([str(reruns), "--into", str(path), "--set", "joint_search_epochs"])
     with pytest.raises(SystemExit, match="redo no row"):
         merge_rows.merge(result, [row("joint-tflm", 1, "w4", 0.9)])
     with pytest.raises(SystemExit, match="twice"):

@@ -234,6 +234,31 @@ def test_search_measures_its_file_and_steers_the_modelled_cost_plus_the_offset(t
     assert budget.measure_offset(sized) is None and float(sized._measured_offset.numpy()) == 0.0
 
 
+def test_flatbuffer_check_keeps_a_margin_inside_the_ceiling_window(trained_small_cnn, monkeypatch):
+    assert budget.ceiling_window(20_000) == pytest.approx((19_460.0, 19_940.0))  # 0.1 of the tolerance each side
+    assert budget.ceiling_window(1_000) == pytest.approx((977.5, 992.5))  # at most a quarter of the window
+    assert budget.ceiling_window(4_000) == pytest.approx((3_896.0, 3_984.0))  # at least 16 bytes
+
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    search.target = float(search.hard_cost())
+    target, tol = search.target, search.tolerance
+    modelled = float(search.hard_cost())
+    projected = []
+    monkeypatch.setattr(budget, "project", lambda model, aim, t, **kw: projected.append((aim, t)) or
+                        {"moves": 3, "after": aim})
+    for files, reprojected in (([target - 4], True), ([target * (1 - tol) + 4], True),
+                               ([budget.ceiling_window(target)[0] + 1], False)):
+        projected.clear()
+        sequence = iter(files + [None])
+        monkeypatch.setattr(search.cost_model, "measure", lambda model: next(sequence))
+        report = budget.check_flatbuffer(search, {"moves": 0})
+        assert report["flatbuffer_bytes"] == int(files[0])
+        # a file in the margin is projected again, to the middle of the window less the measured error
+        assert projected == ([(pytest.approx(target * (1 - tol / 2) - (files[0] - modelled)), tol / 4)]
+                             if reprojected else [])
+        assert report["moves"] == (3 if reprojected else 0)
+
+
 def test_ramp_target_is_a_geometric_path_from_the_start_to_the_target():
     import tensorflow as tf
 

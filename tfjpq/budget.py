@@ -46,7 +46,7 @@ from tfjpq import cost as cost_lib
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
     "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
-    "start_ramp", "project", "measure_offset", "check_flatbuffer",
+    "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "CHECK_MARGIN",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
@@ -343,20 +343,41 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
 
 
-FLATBUFFER_CHECKS = 3
+FLATBUFFER_CHECKS = 4
+# The file is checked before the fine-tune, which moves it by a few bytes (a LUT tensor's table holds as many values
+# per channel as its channel with the most distinct values uses): the checks keep that far inside the window.
+CHECK_MARGIN = 0.1  # of the tolerance, on each side of the window
+CHECK_MARGIN_BYTES = 16  # and at least this many bytes
+
+
+def ceiling_window(target, tolerance=DEFAULT_TOLERANCE):
+    """The bytes ``freeze``'s flatbuffer checks accept for a flash ceiling: ``(low, high)``.
+
+    ``[target * (1 - tolerance), target]`` less a margin on each side
+    (:data:`CHECK_MARGIN` of the tolerance, at least :data:`CHECK_MARGIN_BYTES`,
+    at most a quarter of the window), which leaves room for the few bytes the
+    fine-tune after ``freeze`` moves the file.
+
+    Example::
+
+        tfjpq.budget.ceiling_window(20_000)   # (19_460.0, 19_940.0)
+    """
+    target, tolerance = float(target), float(tolerance)
+    margin = min(max(CHECK_MARGIN * tolerance * target, CHECK_MARGIN_BYTES), tolerance * target / 4)
+    return target * (1.0 - tolerance) + margin, target - margin
 
 
 def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
-    """Measure the projected model as deployed; re-project while the file is over the target or too far under.
+    """Measure the projected model as deployed; re-project while the file is outside the ceiling's window.
 
     Does nothing for a cost model that cannot measure (``CostModel.measure``
     gives None). For the flash cost that prices the whole flatbuffer
     (``tfjpq.tflm_cost.TFLMCost``), the per-layer model is an estimate and the
     converted file is what the board pays, and a flash budget is a ceiling:
     each check converts the hard choices and, unless the file lies within
-    ``[target * (1 - tolerance), target]``, projects again to
-    ``target * (1 - tolerance / 2) - (measured - modelled)``. Adds
-    ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
+    :func:`ceiling_window` (``[target * (1 - tolerance), target]`` less a small
+    margin), projects again to ``target * (1 - tolerance / 2) - (measured - modelled)``.
+    Adds ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
 
     Example::
 
@@ -364,16 +385,17 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
         tuned.projection["flatbuffer_bytes"]  # at most 20,000, at least 19,400
     """
     target, tol = float(model.target), float(model.tolerance)
+    low, high = ceiling_window(target, tol)
     for i in range(checks):
         measured = model.cost_model.measure(model)
         if measured is None:
             break
         report["flatbuffer_bytes"] = int(measured)
         report["flatbuffer_error"] = measured / target - 1.0
-        if target * (1.0 - tol) <= measured <= target or i == checks - 1:
+        if low <= measured <= high or i == checks - 1:
             break
         modelled = float(model.hard_cost())
-        again = project(model, target * (1.0 - tol / 2) - (measured - modelled), tol / 2)
+        again = project(model, target * (1.0 - tol / 2) - (measured - modelled), tol / 4)
         report["moves"] += again["moves"]
         report["after"] = again["after"]
     return report

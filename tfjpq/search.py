@@ -625,7 +625,9 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
     if frozen.target is not None and project is not False:
         offset, tol = float(frozen._measured_offset.numpy()), frozen.tolerance
         if offset:  # the file was measured during the search: aim the modelled cost where the file meets the budget
-            frozen.projection = budget.project(frozen, frozen.target * (1.0 - tol / 2) - offset, tol / 2)
+            low, high = budget.ceiling_window(frozen.target, tol)  # the window the flatbuffer check accepts
+            aim = frozen.target * (1.0 - tol / 2) - offset
+            frozen.projection = budget.project(frozen, aim, (high - low) / 2 / frozen.target)
         else:
             frozen.projection = budget.project(frozen, frozen.target, tol)
         budget.check_flatbuffer(frozen, frozen.projection)

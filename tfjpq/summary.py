@@ -209,7 +209,7 @@ def summary(model, print_fn=print, flatbuffer=None) -> Profile:
 
         tfjpq.summary(search)
         art = tflm_export.convert(deploy, x[:200])
-        tfjpq.summary(deploy, flatbuffer=art)   # ... flatbuffer 29,144 B: weights 21,639 (74.2%), graph 4,212, ...
+        tfjpq.summary(deploy, flatbuffer=art)   # ... flatbuffer 29,368 B: weights 21,848 (74.4%), graph 4,216, ...
     """
     prof = profile(model)
     if flatbuffer is not None:
