@@ -650,8 +650,8 @@ def markdown(result, figs, previous=None):
               "- **The search measures its file** (`budget.measure_offset`, the default with `cost=\"tflm\"`): "
               "one conversion when the budget ramp reaches the target and one after each epoch; the controller "
               "steers the modelled cost plus the measured difference, and `freeze` projects onto the budget less "
-              "it, so the first check usually lands. The `joint-tflm` rows above are with it; the table "
-              "\"Against the previous run\" compares them with the same seeds and float starts without it. "
+              "it, so the first check usually lands. Against the same seeds and float starts without it "
+              "(`results/pareto_2026-12-01_before.json`): "
               "ResNet-8 gains 1.8-2.6 points at 0.7 and 0.5 w2; DS-CNN gains 2 points at w4 and is within its "
               "seed noise elsewhere; at 0.7 w2 it still collapses on some seeds.",
               "- Tried on top of it or just before it (rows in `results/front_points_2026-12-01.json`; not kept): "
@@ -677,7 +677,35 @@ def markdown(result, figs, previous=None):
               "- Wall-clock: every pipeline gets the same epochs here, so the joint search cannot be 0.6x of a "
               "sequential pipeline; its extra time is the search epoch (1.0-1.2x of a QAT epoch), the teacher's "
               "forward pass in every distilled step and, for `tflm`, the flatbuffer conversions that check the "
-              "target.", ""]
+              "target.",
+              "- **The flatbuffer checks keep a margin** (`budget.ceiling_window`, 2026-12-01, session 8): `freeze` "
+              "checks the file before the fine-tune, and the fine-tune moves it by a few bytes (a LUT table holds "
+              "as many values per channel as its channel with the most distinct values uses); one ResNet-8 0.7 w2 "
+              "file was checked at -2.83% and ended at -3.003%. The checks now accept a file only inside "
+              "[target - 3%, target] less a tenth of the tolerance (at least 16 B) on each side. The `joint-tflm` "
+              "rows above are with it; \"Against the previous run\" lists the points it changed (same seeds and "
+              "float starts). The 42 `tflm` files now land 0.7-2.7% under their budgets; 84 of 84 runs are "
+              "within the tolerance (83 before).",
+              "- Tried after it (rows in `results/front_points_2026-12-01b.json`; not kept). **Searching 2 of the 4 "
+              "epochs** (fine-tuning 1 + 1): ResNet-8 (3 seeds) 0.5 w2 93.0% against 90.1% (93.2 / 93.0 / 92.8 "
+              "against 90.3 / 92.8 / 87.2) at 13,080 B, 48.9% of w2's bytes at 1.4 points above w2's accuracy: "
+              "the second target would be met; but 0.7 w2 95.2% against 96.2%, w4 96.9% against 97.3%, the rest "
+              "within 0.2. DS-CNN (seeds 0 / 1): w8 95.6% against 94.6%, w4 92.9% against 95.0%, 0.4 w8 12.0% "
+              "against 17.4%, 0.7 w2 14.8% against 36.2%, the rest within 0.2: one recipe for both models loses "
+              "more than it gains. **The ramp over the whole search epoch** (`RAMP_FRACTION` 1.0, ResNet-8, 3 "
+              "seeds): 0.5 w2 87.8% against 90.1%, 0.7 w2 93.5% against 96.2%; the search ends 8-41% above the "
+              "budget and the projection makes 13-77 moves, so the gain of the longer search is the time at "
+              "the budget, not a slower descent. On DS-CNN, a faster logit optimizer (`Adam(0.05)`, 3 seeds): "
+              "0.7 w2 47.0% against 44.2%, w4 93.1% against 94.5%; a strength cap (`MAX_STRENGTH` 3 / 10, seed "
+              "0): 0.7 w2 34.5 / 54.0% against 21.9%, w4 95.1% (cap 3) against 95.1%; seed 1 with cap 3: 28.3% "
+              "against 50.6%.",
+              "- Why DS-CNN collapses at tight budgets (a trace of the search, 0.7 w2, seed 0): one search epoch "
+              "is 63 steps. For the first 24 the hard cost does not move (the logits start 0.25-1.0 apart and "
+              "need about 25 steps of `Adam(0.02)` to flip an argmax), while the ramp's goal falls and the "
+              "controller's multiplier winds up: the strength goes from 0.05 to 43 by step 56. The argmaxes "
+              "then flip in a burst (8,824 -> 4,934 B in 24 steps) under a strength where the cost swamps the "
+              "task, and the soft search model ends at 11% test accuracy before `freeze` (docs/dev_notes.md: an "
+              "anti-windup controller is the next thing to try).", ""]
     lines += [f"![accuracy vs flash]({figs['pareto']})", "", f"![per-layer widths]({figs['pareto_layers']})", ""]
     return "\n".join(lines)
 
