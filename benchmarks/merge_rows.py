@@ -7,7 +7,7 @@ every rerun row must replace one (nothing is only added), and the file is writte
 
     python benchmarks/merge_rows.py --into benchmarks/results/pareto.json \\
         --keep-before benchmarks/results/pareto_before.json --before-note "no file measured" \\
-        --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2 \
+        --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2 \\
         build/tflm_r8.json build/tflm_ds.json
     python benchmarks/pareto.py --report-only --previous benchmarks/results/pareto_before.json
 """
