@@ -707,7 +707,15 @@ def markdown(result, figs, previous=None):
               "task, and the soft search model ends at 11% test accuracy before `freeze`. Holding the ramp's "
               "goal at no less than 0.9x the current cost (a prototype, removed) starves the search instead: it "
               "barely moves, `freeze` makes 130-440 moves, and ResNet-8 0.5 w2 falls to 80.5% (seeds 0 / 1, "
-              "against 91.6%), DS-CNN w4 to 64.5% (3 seeds, against 94.5%). Next lead: docs/dev_notes.md.", ""]
+              "against 91.6%), DS-CNN w4 to 64.5% (3 seeds, against 94.5%). Integrating the multiplier on the soft "
+              "(expected) cost, scaled to the hard cost at the ramp's start (a prototype, removed; 3 seeds): "
+              "ResNet-8 0.5 w2 90.2% against 90.1%, 0.7 w2 94.7% against 96.2%; DS-CNN 0.7 w2 41.2% against "
+              "44.2%, w4 93.6% against 94.5%. Next leads: docs/dev_notes.md.",
+              "- At 0.5 w2 the ResNet-8 search thins `block3_conv1`, the first convolution of the last residual "
+              "block, to 1-4 of its 64 channels on every seed (its channels also drop `block3_conv2`'s input "
+              "rows, and the block's shortcut carries the signal), and keeps 63-64 of `block3_conv2`'s channels, "
+              "at 2 bits; "
+              "L1 + 4-bit keeps 31 of 64 in both.", ""]
     lines += [f"![accuracy vs flash]({figs['pareto']})", "", f"![per-layer widths]({figs['pareto_layers']})", ""]
     return "\n".join(lines)
 
