@@ -46,7 +46,7 @@ from tfjpq import cost as cost_lib
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
     "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
-    "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "CHECK_MARGIN",
+    "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "ceiling_aim", "CHECK_MARGIN",
 ]
 
 RATE = 0.3  # multiplicative step of the multiplier per training step, per unit of relative gap
@@ -221,8 +221,7 @@ def _move_bytes(model, sel, acts, c, down, base):
         new = cur - 1 if down else cur + 1
         if not 0 <= new < len(c.bits):
             continue
-        trial = {k: v.copy() for k, v in sel.items()}
-        trial[c.name][int(np.nonzero(idx == cur)[0][0])] = new
+        trial = _apply(sel, [(None, c.name, int(np.nonzero(idx == cur)[0][0]), new)])
         out[int(cur)] = max(abs(selection_cost(model, trial, acts) - base), 1e-3)
     return out
 
@@ -367,6 +366,20 @@ def ceiling_window(target, tolerance=DEFAULT_TOLERANCE):
     return target * (1.0 - tolerance) + margin, target - margin
 
 
+def ceiling_aim(target, tolerance, offset):
+    """Where the modelled cost must land for the file to sit mid-window: ``target * (1 - tolerance / 2) - offset``.
+
+    ``offset`` is the file's bytes minus the modelled cost (measured during
+    the search, or by a flatbuffer check). ``tfjpq.freeze`` and
+    :func:`check_flatbuffer` project onto it.
+
+    Example::
+
+        tfjpq.budget.ceiling_aim(20_000, 0.03, 120.0)   # 19,580.0
+    """
+    return float(target) * (1.0 - float(tolerance) / 2) - float(offset)
+
+
 def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
     """Measure the projected model as deployed; re-project while the file is outside the ceiling's window.
 
@@ -395,7 +408,7 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
         if low <= measured <= high or i == checks - 1:
             break
         modelled = float(model.hard_cost())
-        again = project(model, target * (1.0 - tol / 2) - (measured - modelled), tol / 4)
+        again = project(model, ceiling_aim(target, tol, measured - modelled), tol / 4)
         report["moves"] += again["moves"]
         report["after"] = again["after"]
     return report

@@ -626,7 +626,7 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
         offset, tol = float(frozen._measured_offset.numpy()), frozen.tolerance
         if offset:  # the file was measured during the search: aim the modelled cost where the file meets the budget
             low, high = budget.ceiling_window(frozen.target, tol)  # the window the flatbuffer check accepts
-            aim = frozen.target * (1.0 - tol / 2) - offset
+            aim = budget.ceiling_aim(frozen.target, tol, offset)
             frozen.projection = budget.project(frozen, aim, (high - low) / 2 / frozen.target)
         else:
             frozen.projection = budget.project(frozen, frozen.target, tol)
