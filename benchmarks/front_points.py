@@ -25,6 +25,7 @@ measured file against the modelled one).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -35,8 +36,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pareto  # noqa: E402
 
-CONSTANTS = {"rate": "RATE", "gain": "GAIN", "gain_under": "GAIN_UNDER", "ramp": "RAMP_FRACTION",
-             "max_strength": "MAX_STRENGTH"}
+# overrides that set a module constant while the point runs: key -> (module, name)
+CONSTANTS = {"rate": ("tfjpq.budget", "RATE"), "gain": ("tfjpq.budget", "GAIN"),
+             "gain_under": ("tfjpq.budget", "GAIN_UNDER"), "ramp": ("tfjpq.budget", "RAMP_FRACTION"),
+             "max_strength": ("tfjpq.budget", "MAX_STRENGTH"), "order": ("tfjpq.budget", "MOVE_ORDER"),
+             "arch_lr": ("tfjpq.search", "DEFAULT_ARCH_LR")}
+# overrides that are keyword arguments of pareto.Bench.joint: key -> argument
+JOINT_KWARGS = {"bits": "bits", "floor": "min_channels", "mode": "mode", "search": "search_epochs",
+                "distill": "distill"}
+PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int,
+           "floor": lambda v: float(v) if "." in v else int(v)}  # every other override is a float
 
 
 def parse_point(spec):
@@ -45,21 +54,10 @@ def parse_point(spec):
     for part in spec.split(":"):
         if "=" in part:
             key, value = part.split("=", 1)
-            if key == "bits":
-                overrides[key] = tuple(int(ch) for ch in value)
-            elif key in ("mode", "order"):
-                overrides[key] = value
-            elif key == "search":
-                overrides[key] = int(value)
-            elif key in ("distill", "arch_lr"):
-                overrides[key] = float(value)
-            elif key == "floor":
-                overrides[key] = float(value) if "." in value else int(value)
-            elif key in CONSTANTS:
-                overrides[key] = float(value)
-            else:
+            if key not in CONSTANTS and key not in JOINT_KWARGS:
                 raise SystemExit(f"front_points: unknown override {key!r} in {spec!r} "
-                                 f"(known: bits, floor, mode, order, search, distill, arch_lr, {', '.join(CONSTANTS)})")
+                                 f"(known: {', '.join(sorted({*CONSTANTS, *JOINT_KWARGS}))})")
+            overrides[key] = PARSERS.get(key, float)(value)
         else:
             parts.append(part)
     if not parts or parts[0] not in ("uniform", "l1", "joint") or \
@@ -73,39 +71,23 @@ def parse_point(spec):
 
 def run_point(bench, spec, named):
     """One point's row, with the overrides in force only while it runs."""
-    from tfjpq import budget
-    from tfjpq import search as search_lib
-
     parts, overrides = parse_point(spec)
-    saved = {name: getattr(budget, name) for name in CONSTANTS.values()}
-    arch_lr = search_lib.DEFAULT_ARCH_LR
+    modules = {key: importlib.import_module(module) for key, (module, _) in CONSTANTS.items()}
+    saved = {key: getattr(modules[key], name) for key, (_, name) in CONSTANTS.items()}
     try:
-        search_lib.DEFAULT_ARCH_LR = overrides.get("arch_lr", arch_lr)
-        saved["MOVE_ORDER"] = budget.MOVE_ORDER
         for key, value in overrides.items():
             if key in CONSTANTS:
-                setattr(budget, CONSTANTS[key], value)
-            if key == "order":
-                budget.MOVE_ORDER = value
+                setattr(modules[key], CONSTANTS[key][1], value)
         if parts[0] == "uniform":
             row = bench.uniform(int(parts[1]))
         elif parts[0] == "l1":
             row = bench.l1(int(parts[1]), named["size"][parts[2]], parts[2])
         else:
-            kwargs = {"bits": overrides["bits"]} if "bits" in overrides else {}
-            if "floor" in overrides:
-                kwargs["min_channels"] = overrides["floor"]
-            if "mode" in overrides:
-                kwargs["mode"] = overrides["mode"]
-            if "search" in overrides:
-                kwargs["search_epochs"] = overrides["search"]
-            if "distill" in overrides:
-                kwargs["distill"] = overrides["distill"]
+            kwargs = {JOINT_KWARGS[key]: value for key, value in overrides.items() if key in JOINT_KWARGS}
             row = bench.joint(parts[1], named[parts[1]][parts[2]], parts[2], **kwargs)
     finally:
-        search_lib.DEFAULT_ARCH_LR = arch_lr
-        for name, value in saved.items():
-            setattr(budget, name, value)
+        for key, value in saved.items():
+            setattr(modules[key], CONSTANTS[key][1], value)
     row["spec"] = spec
     return row
 
