@@ -13,7 +13,8 @@ Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2`
 (the ``tfjpq.budget`` constants ``RATE``, ``GAIN``, ``GAIN_UNDER``, ``RAMP_FRACTION``, ``MAX_STRENGTH``), ``bits``
 (``048`` is ``weight_bits=(0, 4, 8)``), ``floor`` (``min_channels`` of ``tfjpq.wrap``: an int,
 or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap``'s ``mode``, e.g.
-``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin_per_byte``),
+``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin``),
+``direct_prune`` (``tfjpq.budget.DIRECT_PRUNE``: ``0`` or ``1``),
 ``search`` (search epochs, of the same total; the fine-tune gets the rest), ``distill`` (its weight),
 ``arch_lr`` (``tfjpq.search.DEFAULT_ARCH_LR``: the logits' Adam learning rate).
 Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
@@ -40,11 +41,12 @@ import pareto  # noqa: E402
 CONSTANTS = {"rate": ("tfjpq.budget", "RATE"), "gain": ("tfjpq.budget", "GAIN"),
              "gain_under": ("tfjpq.budget", "GAIN_UNDER"), "ramp": ("tfjpq.budget", "RAMP_FRACTION"),
              "max_strength": ("tfjpq.budget", "MAX_STRENGTH"), "order": ("tfjpq.budget", "MOVE_ORDER"),
-             "arch_lr": ("tfjpq.search", "DEFAULT_ARCH_LR")}
+             "arch_lr": ("tfjpq.search", "DEFAULT_ARCH_LR"), "direct_prune": ("tfjpq.budget", "DIRECT_PRUNE")}
 # overrides that are keyword arguments of pareto.Bench.joint: key -> argument
 JOINT_KWARGS = {"bits": "bits", "floor": "min_channels", "mode": "mode", "search": "search_epochs",
                 "distill": "distill"}
 PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int,
+           "direct_prune": lambda v: v.lower() in ("1", "true", "yes"),
            "floor": lambda v: float(v) if "." in v else int(v)}  # every other override is a float
 
 

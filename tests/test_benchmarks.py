@@ -84,8 +84,16 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
             seen.update(order=budget.MOVE_ORDER)
             return {}
 
-    front_points.run_point(OrderBench(), "joint:tflm:w4:order=margin_per_byte", named)
-    assert seen["order"] == "margin_per_byte" and budget.MOVE_ORDER == "margin"
+    front_points.run_point(OrderBench(), "joint:tflm:w4:order=margin", named)
+    assert seen["order"] == "margin" and budget.MOVE_ORDER == "margin_per_byte"
+
+    class PruneBench:
+        def joint(self, cost, target, label, **kw):
+            seen.update(direct=budget.DIRECT_PRUNE)
+            return {}
+
+    front_points.run_point(PruneBench(), "joint:tflm:w4:direct_prune=0", named)
+    assert seen["direct"] is False and budget.DIRECT_PRUNE is True
     assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")
 
 

@@ -75,6 +75,8 @@ def test_projection_can_order_moves_by_margin_per_byte(trained_small_cnn, monkey
         alpha[c.bits.index(8)] = 1.0
         c.alpha.assign(alpha)
     sel = {c.name: c.selected_index() for c in search.precision_choices()}
+    monkeypatch.setattr(budget, "DIRECT_PRUNE", False)
+    monkeypatch.setattr(budget, "MOVE_ORDER", "margin")
     first = budget._moves(search, sel, down=True, acts={})[0]
     monkeypatch.setattr(budget, "MOVE_ORDER", "margin_per_byte")
     moves = budget._moves(search, sel, down=True, acts={})
@@ -87,6 +89,25 @@ def test_projection_can_order_moves_by_margin_per_byte(trained_small_cnn, monkey
     goal = 0.6 * search.reference_cost
     search.target = goal
     assert abs(float(tfjpq.freeze(search).hard_cost()) / goal - 1) <= 0.03
+
+
+def test_projection_prunes_in_one_move_where_single_steps_save_little(trained_small_cnn, monkeypatch):
+    # with the flatbuffer cost, one channel moved 8 -> 4 bits costs a layer split before it saves anything
+    moves = {}
+    for direct in (False, True):
+        monkeypatch.setattr(budget, "DIRECT_PRUNE", direct)
+        search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+        goal = 0.97 * float(search.hard_cost())
+        sel = {c.name: c.selected_index() for c in search.precision_choices()}
+        candidates = budget._moves(search, sel, down=True, acts={})
+        channels = [(m[1], m[2]) for m in candidates]
+        assert len(channels) == len(set(channels))  # one move per channel
+        straight = [m for m in candidates if sel[m[1]][m[2]] - m[3] > 1]  # 8 bits -> pruned in one move
+        assert bool(straight) == direct
+        report = budget.project(search, goal)
+        assert 0.97 * goal <= report["after"] <= goal
+        moves[direct] = report["moves"]
+    assert moves[True] < moves[False], moves
 
 
 def test_target_errors_are_clear(trained_small_cnn):
@@ -160,11 +181,16 @@ def test_tflm_cost_is_the_whole_flatbuffer_and_its_target_lands_on_the_converted
 
     (x, y), _ = digits
     search = tfjpq.wrap(trained_small_cnn, cost="tflm")
-    # calibrated on the all-8-bit export: the hard cost is that flatbuffer's size
+    # calibrated on the all-8-bit export: the hard cost is that flatbuffer's size once training has moved the
+    # activation clips apart; fresh, they are all 6.0 and the file stores their equal quantization records once
     fixed = search.cost_model.fixed_bytes
     assert fixed > 0
+    untrained = tflm_export.convert(tfjpq.export(tfjpq.freeze(search)), representative_data=x[:64]).size
+    for i, act in enumerate(search.activation_choices()):
+        act.clip.assign(4.0 + 0.37 * i)
     art = tflm_export.convert(tfjpq.export(tfjpq.freeze(search)), representative_data=x[:64])
     assert float(search.hard_cost()) == pytest.approx(art.size, abs=8)
+    assert untrained < art.size
     # the per-layer terms follow the file when channels are pruned and narrowed
     random_choices(search, seed=2)
     assert float(search.hard_cost()) == pytest.approx(flatbuffer_bytes(search), rel=0.03)

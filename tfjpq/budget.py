@@ -19,13 +19,18 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   files and restored.
 * **Projection** (:func:`project`, run by :func:`tfjpq.freeze` when a target
   is set): if the hard cost is still outside ``B * (1 +- tolerance)`` at the
-  end, channels are moved one precision step at a time, those whose logits
-  least prefer their current choice first, down (when over budget) or up
-  (when more than ``tolerance`` under it), until the cost is as close to ``B``
-  from below as single moves allow (upward, the moves that would jump over
-  ``B`` are skipped and later, smaller ones tried). It never takes a group below its
-  ``min_channels``. ``MOVE_ORDER = "margin_per_byte"`` (experimental, not the default)
-  orders the moves by logit margin per byte the move changes instead.
+  end, channels are moved, down (when over budget: one precision step, or
+  straight to 0 bits, ``DIRECT_PRUNE``) or up one step (when more than
+  ``tolerance`` under it), in order of the logit margin by which the channel
+  prefers its current choice, per byte the move changes (``MOVE_ORDER``),
+  until the cost is as close to ``B`` from below as single moves allow
+  (upward, the moves that would jump over ``B`` are skipped and later,
+  smaller ones tried). It never takes a group below its ``min_channels``.
+  Why per byte, with direct pruning: with the ``"tflm"`` cost, one channel
+  of a layer moved 8 -> 4 bits saves nothing until the layer's split into
+  two precision parts pays for its graph records, so ordering by margin
+  alone made 70-160 such moves on the zoo's DS-CNN to cut 1 % of its file;
+  per byte, with a prune in one move, 2-17 (docs/search.md).
 
 Example::
 
@@ -45,6 +50,7 @@ from tfjpq import cost as cost_lib
 
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
+    "DIRECT_PRUNE",
     "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
     "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "ceiling_aim", "CHECK_MARGIN",
 ]
@@ -207,18 +213,20 @@ def controller_update(multiplier, strength, hard, target):
     return new
 
 
-MOVE_ORDER = "margin"  # or "margin_per_byte": the logit margin divided by the bytes the move changes (experimental)
+DIRECT_PRUNE = True  # downward, a channel may also go to 0 bits in one move from any width
+MOVE_ORDER = "margin_per_byte"  # the logit margin divided by the bytes the move changes, or "margin" alone
 
 
-def _move_bytes(model, sel, acts, c, down, base):
+def _move_bytes(model, sel, acts, c, down, base, prune=False):
     """{current index: |cost change| of moving one channel of group ``c`` one step} (for ``MOVE_ORDER``).
 
     ``base``: ``selection_cost(model, sel, acts)``, priced once by the caller for every group.
+    With ``prune``, the change of pruning one channel from each current index instead.
     """
     out = {}
     idx = sel[c.name]
     for cur in np.unique(idx):
-        new = cur - 1 if down else cur + 1
+        new = (c.bits.index(0) if cur != c.bits.index(0) else -1) if prune else (cur - 1 if down else cur + 1)
         if not 0 <= new < len(c.bits):
             continue
         trial = _apply(sel, [(None, c.name, int(np.nonzero(idx == cur)[0][0]), new)])
@@ -226,8 +234,13 @@ def _move_bytes(model, sel, acts, c, down, base):
     return out
 
 
-def _moves(model, sel, down, acts=None):
-    """Candidate one-step moves ``(score, group, channel, new index)``; lower score = move first."""
+def _moves(model, sel, down, acts=None, direct=None):
+    """Candidate moves ``(score, group, channel, new index)``; lower score = move first.
+
+    One step per channel, and with ``direct`` (default :data:`DIRECT_PRUNE`) downward also
+    straight to 0 bits; each channel keeps its best-scored move.
+    """
+    direct = DIRECT_PRUNE if direct is None else direct
     moves = []
     base = selection_cost(model, sel, acts) if MOVE_ORDER == "margin_per_byte" else None
     for c in model.precision_choices():
@@ -237,10 +250,17 @@ def _moves(model, sel, down, acts=None):
         zero = c.bits.index(0) if c.prunable else None
         kept = int(np.sum(idx != zero)) if c.prunable else c.channels
         per_byte = _move_bytes(model, sel, acts, c, down, base) if base is not None else None
+        prune = direct and down and c.prunable
+        prune_bytes = _move_bytes(model, sel, acts, c, down, base, prune=True) if prune and base is not None else None
         group_moves = []
         for ch in range(c.channels):
             cur = int(idx[ch])
             new = cur - 1 if down else cur + 1
+            if prune and cur - 1 > zero:  # a wide channel may also go straight to 0 bits
+                margin = float(alpha[cur, ch] - alpha[zero, ch])
+                if prune_bytes is not None:
+                    margin = margin / prune_bytes[cur] if margin > 0 else margin * prune_bytes[cur]
+                group_moves.append((margin, c.name, ch, zero))
             if not 0 <= new < n:
                 continue
             margin = float(alpha[cur, ch] - alpha[new, ch])
@@ -260,6 +280,9 @@ def _moves(model, sel, down, acts=None):
             group_moves = out
         moves += group_moves
     moves.sort()
+    if direct:  # one move per channel: its best-scored one
+        seen = set()
+        moves = [m for m in moves if (m[1], m[2]) not in seen and not seen.add((m[1], m[2]))]
     return moves
 
 
@@ -276,10 +299,14 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     Writes the new choices into the logits (``alpha``) of ``model``, so its
     argmax is the projected selection (a moved channel's new logit leads its
     others by ``margin``). Over budget: one-step-down moves
-    (8 -> 4, 2 -> pruned, ...) in order of the smallest logit margin, the
-    fewest that bring the cost to ``target`` or below. More than ``tolerance``
-    under budget: one-step-up moves in the same order, the most that keep the
-    cost at or below ``target``. Repeated for up to ``max_passes`` passes.
+    (8 -> 4, 2 -> pruned, ...) and, with :data:`DIRECT_PRUNE`, prunes from
+    any width, in order of the smallest logit margin per byte
+    (:data:`MOVE_ORDER`), the fewest that bring the cost to ``target`` or
+    below. More than ``tolerance`` under budget: one-step-up moves in the
+    same order, the most that keep the cost at or below ``target``. Repeated
+    for up to ``max_passes`` passes. Where the prunes overshoot and no move
+    back up is small enough to land within ``tolerance``, the passes are
+    run again from the start with single steps only, and the closer result kept.
 
     Example::
 
@@ -287,8 +314,28 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
         report["before"], report["after"], report["moves"]
     """
     acts = {a.name: int(np.argmax(a.beta.numpy())) for a in model.activation_choices()}
-    sel = {c.name: c.selected_index() for c in model.precision_choices()}
-    before = cost = selection_cost(model, sel, acts)
+    start = {c.name: c.selected_index() for c in model.precision_choices()}
+    before = selection_cost(model, start, acts)
+    low, high = target * (1 - tolerance), target * (1 + tolerance)
+    sel, cost, n_moves = _projected(model, start, acts, target, tolerance, max_passes, DIRECT_PRUNE)
+    if DIRECT_PRUNE and not low <= cost <= high:
+        # a prune can overshoot by more than any single move back up can fill: try single steps only
+        steps = _projected(model, start, acts, target, tolerance, max_passes, False)
+        if low <= steps[1] <= high or abs(steps[1] - target) < abs(cost - target):
+            sel, cost, n_moves = steps
+    if n_moves:
+        for c in model.precision_choices():
+            alpha = c.alpha.numpy()
+            idx = sel[c.name]
+            for ch in np.nonzero(idx != np.argmax(alpha, axis=0))[0]:  # argmax == selection, no rescue needed
+                alpha[idx[ch], ch] = alpha[:, ch].max() + margin
+            c.alpha.assign(alpha)
+    return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
+
+
+def _projected(model, sel, acts, target, tolerance, max_passes, direct):
+    """The passes of :func:`project` from selection ``sel``: ``(selection, its cost, moves made)``."""
+    cost = selection_cost(model, sel, acts)
     n_moves = 0
     for _ in range(max_passes):
         if cost > target * (1 + tolerance):
@@ -297,7 +344,7 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
             down = False
         else:
             break
-        moves = _moves(model, sel, down, acts)
+        moves = _moves(model, sel, down, acts, direct)
         if not moves:
             break
         lo, hi = 0, len(moves)  # bisection on how many of the ordered moves to apply
@@ -332,14 +379,7 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
             n_moves += filled
             if k == 0 and filled == 0:
                 break
-    if n_moves:
-        for c in model.precision_choices():
-            alpha = c.alpha.numpy()
-            idx = sel[c.name]
-            for ch in np.nonzero(idx != np.argmax(alpha, axis=0))[0]:  # argmax == selection, no rescue needed
-                alpha[idx[ch], ch] = alpha[:, ch].max() + margin
-            c.alpha.assign(alpha)
-    return {"before": before, "after": cost, "target": float(target), "moves": n_moves}
+    return sel, cost, n_moves
 
 
 FLATBUFFER_CHECKS = 4
