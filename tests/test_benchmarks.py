@@ -85,7 +85,7 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
             return {}
 
     front_points.run_point(OrderBench(), "joint:tflm:w4:order=margin", named)
-    assert seen["order"] == "margin" and budget.MOVE_ORDER == "margin_per_byte"
+    assert seen["order"] == "margin" and budget.MOVE_ORDER == "auto"
 
     class PruneBench:
         def joint(self, cost, target, label, **kw):
@@ -93,7 +93,7 @@ def test_front_points_parses_points_and_restores_the_controller_constants():
             return {}
 
     front_points.run_point(PruneBench(), "joint:tflm:w4:direct_prune=0", named)
-    assert seen["direct"] is False and budget.DIRECT_PRUNE is True
+    assert seen["direct"] is False and budget.DIRECT_PRUNE is None
     assert (budget.RATE, budget.RAMP_FRACTION) == before and row["spec"].startswith("joint:tflm:w4")
 
 

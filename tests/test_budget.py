@@ -92,6 +92,9 @@ def test_projection_can_order_moves_by_margin_per_byte(trained_small_cnn, monkey
 
 
 def test_projection_prunes_in_one_move_where_single_steps_save_little(trained_small_cnn, monkeypatch):
+    # the default order: per byte, with prunes, where the cost prices layer splits; by margin elsewhere
+    assert budget._order(tfjpq.wrap(trained_small_cnn, cost="size")) == (False, False)
+    assert budget._order(tfjpq.wrap(trained_small_cnn, cost="tflm")) == (True, True)
     # with the flatbuffer cost, one channel moved 8 -> 4 bits costs a layer split before it saves anything
     moves = {}
     for direct in (False, True):

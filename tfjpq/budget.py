@@ -19,18 +19,20 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   files and restored.
 * **Projection** (:func:`project`, run by :func:`tfjpq.freeze` when a target
   is set): if the hard cost is still outside ``B * (1 +- tolerance)`` at the
-  end, channels are moved, down (when over budget: one precision step, or
-  straight to 0 bits, ``DIRECT_PRUNE``) or up one step (when more than
-  ``tolerance`` under it), in order of the logit margin by which the channel
-  prefers its current choice, per byte the move changes (``MOVE_ORDER``),
-  until the cost is as close to ``B`` from below as single moves allow
-  (upward, the moves that would jump over ``B`` are skipped and later,
-  smaller ones tried). It never takes a group below its ``min_channels``.
-  Why per byte, with direct pruning: with the ``"tflm"`` cost, one channel
-  of a layer moved 8 -> 4 bits saves nothing until the layer's split into
-  two precision parts pays for its graph records, so ordering by margin
-  alone made 70-160 such moves on the zoo's DS-CNN to cut 1 % of its file;
-  per byte, with a prune in one move, 2-17 (docs/search.md).
+  end, channels are moved one precision step at a time, down (when over
+  budget) or up (when more than ``tolerance`` under it), those whose logits
+  least prefer their current choice first, until the cost is as close to
+  ``B`` from below as single moves allow (upward, the moves that would jump
+  over ``B`` are skipped and later, smaller ones tried). It never takes a
+  group below its ``min_channels``. Where the cost model prices layer splits
+  (``CostModel.prices_splits``: ``"tflm"``), the margins are per byte the
+  move changes, and downward a channel may also be pruned in one move
+  (``MOVE_ORDER = "auto"``, ``DIRECT_PRUNE``): there one channel moved from 8
+  to 4 bits saves nothing until its layer's split pays for the graph
+  records, and ordering by margin alone made 68-162 such moves on the zoo's
+  DS-CNN to cut 1-10 % of its file; per byte, with prunes, 2-25. With the
+  ``"size"`` cost every step saves bytes, and the per-byte order lost 1.5-17
+  points on DS-CNN at w4 and below (benchmarks/RESULTS.md).
 
 Example::
 
@@ -213,8 +215,16 @@ def controller_update(multiplier, strength, hard, target):
     return new
 
 
-DIRECT_PRUNE = True  # downward, a channel may also go to 0 bits in one move from any width
-MOVE_ORDER = "margin_per_byte"  # the logit margin divided by the bytes the move changes, or "margin" alone
+MOVE_ORDER = "auto"  # "margin_per_byte" (the logit margin divided by the bytes the move changes), "margin",
+# or "auto": per byte where the cost model prices layer splits (CostModel.prices_splits: "tflm"), else by margin
+DIRECT_PRUNE = None  # downward, a channel may also go to 0 bits in one move: None = with the per-byte order
+
+
+def _order(model):
+    """``(per byte, direct prunes)`` of the projection for ``model``'s cost (see ``MOVE_ORDER``)."""
+    per_byte = (MOVE_ORDER == "margin_per_byte"
+                or (MOVE_ORDER == "auto" and getattr(model.cost_model, "prices_splits", False)))
+    return per_byte, per_byte if DIRECT_PRUNE is None else bool(DIRECT_PRUNE)
 
 
 def _move_bytes(model, sel, acts, c, down, base, prune=False):
@@ -226,8 +236,8 @@ def _move_bytes(model, sel, acts, c, down, base, prune=False):
     out = {}
     idx = sel[c.name]
     for cur in np.unique(idx):
-        new = (c.bits.index(0) if cur != c.bits.index(0) else -1) if prune else (cur - 1 if down else cur + 1)
-        if not 0 <= new < len(c.bits):
+        new = c.bits.index(0) if prune else (cur - 1 if down else cur + 1)
+        if not 0 <= new < len(c.bits) or new == cur:
             continue
         trial = _apply(sel, [(None, c.name, int(np.nonzero(idx == cur)[0][0]), new)])
         out[int(cur)] = max(abs(selection_cost(model, trial, acts) - base), 1e-3)
@@ -237,12 +247,13 @@ def _move_bytes(model, sel, acts, c, down, base, prune=False):
 def _moves(model, sel, down, acts=None, direct=None):
     """Candidate moves ``(score, group, channel, new index)``; lower score = move first.
 
-    One step per channel, and with ``direct`` (default :data:`DIRECT_PRUNE`) downward also
+    One step per channel, and with ``direct`` (default: as :func:`_order` says) downward also
     straight to 0 bits; each channel keeps its best-scored move.
     """
-    direct = DIRECT_PRUNE if direct is None else direct
+    per_byte, default_direct = _order(model)
+    direct = default_direct if direct is None else direct
     moves = []
-    base = selection_cost(model, sel, acts) if MOVE_ORDER == "margin_per_byte" else None
+    base = selection_cost(model, sel, acts) if per_byte else None
     for c in model.precision_choices():
         alpha = c.alpha.numpy()
         idx = sel[c.name]
@@ -299,10 +310,9 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     Writes the new choices into the logits (``alpha``) of ``model``, so its
     argmax is the projected selection (a moved channel's new logit leads its
     others by ``margin``). Over budget: one-step-down moves
-    (8 -> 4, 2 -> pruned, ...) and, with :data:`DIRECT_PRUNE`, prunes from
-    any width, in order of the smallest logit margin per byte
-    (:data:`MOVE_ORDER`), the fewest that bring the cost to ``target`` or
-    below. More than ``tolerance`` under budget: one-step-up moves in the
+    (8 -> 4, 2 -> pruned, ...) in order of the smallest logit margin (per
+    byte, and with prunes from any width too, where :data:`MOVE_ORDER` says),
+    the fewest that bring the cost to ``target`` or below. More than ``tolerance`` under budget: one-step-up moves in the
     same order, the most that keep the cost at or below ``target``. Repeated
     for up to ``max_passes`` passes. Where the prunes overshoot and no move
     back up is small enough to land within ``tolerance``, the passes are
@@ -317,8 +327,9 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     start = {c.name: c.selected_index() for c in model.precision_choices()}
     before = selection_cost(model, start, acts)
     low, high = target * (1 - tolerance), target * (1 + tolerance)
-    sel, cost, n_moves = _projected(model, start, acts, target, tolerance, max_passes, DIRECT_PRUNE)
-    if DIRECT_PRUNE and not low <= cost <= high:
+    direct = _order(model)[1]
+    sel, cost, n_moves = _projected(model, start, acts, target, tolerance, max_passes, direct)
+    if direct and not low <= cost <= high:
         # a prune can overshoot by more than any single move back up can fill: try single steps only
         steps = _projected(model, start, acts, target, tolerance, max_passes, False)
         if low <= steps[1] <= high or abs(steps[1] - target) < abs(cost - target):

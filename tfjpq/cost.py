@@ -117,6 +117,9 @@ class CostModel:
 
     name = "custom"
     unit = ""
+    # True where one channel's step down may save nothing, or cost more (a layer split's records):
+    # freeze's projection then orders moves per byte and prunes in one move (tfjpq.budget.MOVE_ORDER)
+    prices_splits = False
 
     def layer_cost(self, terms: LayerTerms) -> tf.Tensor:
         raise NotImplementedError

@@ -591,9 +591,10 @@ def freeze(search: SearchModel, project=None) -> SearchModel:
     When the search has a ``target`` (and ``project`` is not False), the
     choices are then projected onto the budget (:func:`tfjpq.budget.project`):
     if the hard cost is more than ``tolerance`` off the target, channels are
-    moved (down one precision step or straight to 0 bits, up one step), those
-    whose logits least prefer their choice per byte the move saves first,
-    until it lands at or just below the target. Where the search
+    moved one precision step at a time, those whose logits least prefer their
+    choice first (with ``cost="tflm"``: per byte the move changes, and a
+    channel may be pruned in one move), until it lands at or just below the
+    target. Where the search
     measured its file (``cost="tflm"``, :func:`tfjpq.budget.measure_offset`),
     the projection aims at the budget less that offset, and the converted file
     is checked after it (:func:`tfjpq.budget.check_flatbuffer`). What the

@@ -54,6 +54,7 @@ class TFLMCost(CostModel):
     """Flash bytes (default) or estimated latency on a board, following ``tflm_export``."""
 
     name = "tflm"
+    prices_splits = True
 
     def __init__(self, board="nano33ble", objective="flash", kernels="cmsis-nn", fixed_bytes=None):
         from tflm_export import boards, cycles
