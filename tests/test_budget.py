@@ -95,6 +95,10 @@ def test_projection_prunes_in_one_move_where_single_steps_save_little(trained_sm
     # the default order: per byte, with prunes, where the cost prices layer splits; by margin elsewhere
     assert budget._order(tfjpq.wrap(trained_small_cnn, cost="size")) == (False, False)
     assert budget._order(tfjpq.wrap(trained_small_cnn, cost="tflm")) == (True, True)
+    with monkeypatch.context() as m:
+        m.setattr(budget, "MOVE_ORDER", "per_byte")
+        with pytest.raises(ValueError, match="MOVE_ORDER must be one of"):
+            budget._order(tfjpq.wrap(trained_small_cnn, cost="size"))
     # with the flatbuffer cost, one channel moved 8 -> 4 bits costs a layer split before it saves anything
     moves = {}
     for direct in (False, True):

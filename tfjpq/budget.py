@@ -52,7 +52,7 @@ from tfjpq import cost as cost_lib
 
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
-    "DIRECT_PRUNE",
+    "MOVE_ORDERS", "DIRECT_PRUNE",
     "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
     "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "ceiling_aim", "CHECK_MARGIN",
 ]
@@ -217,11 +217,14 @@ def controller_update(multiplier, strength, hard, target):
 
 MOVE_ORDER = "auto"  # "margin_per_byte" (the logit margin divided by the bytes the move changes), "margin",
 # or "auto": per byte where the cost model prices layer splits (CostModel.prices_splits: "tflm"), else by margin
+MOVE_ORDERS = ("auto", "margin", "margin_per_byte")
 DIRECT_PRUNE = None  # downward, a channel may also go to 0 bits in one move: None = with the per-byte order
 
 
 def _order(model):
     """``(per byte, direct prunes)`` of the projection for ``model``'s cost (see ``MOVE_ORDER``)."""
+    if MOVE_ORDER not in MOVE_ORDERS:
+        raise ValueError(f"tfjpq.budget.MOVE_ORDER must be one of {MOVE_ORDERS}, got {MOVE_ORDER!r}")
     per_byte = (MOVE_ORDER == "margin_per_byte"
                 or (MOVE_ORDER == "auto" and getattr(model.cost_model, "prices_splits", False)))
     return per_byte, per_byte if DIRECT_PRUNE is None else bool(DIRECT_PRUNE)
@@ -312,9 +315,10 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     others by ``margin``). Over budget: one-step-down moves
     (8 -> 4, 2 -> pruned, ...) in order of the smallest logit margin (per
     byte, and with prunes from any width too, where :data:`MOVE_ORDER` says),
-    the fewest that bring the cost to ``target`` or below. More than ``tolerance`` under budget: one-step-up moves in the
-    same order, the most that keep the cost at or below ``target``. Repeated
-    for up to ``max_passes`` passes. Where the prunes overshoot and no move
+    the fewest that bring the cost to ``target`` or below. More than
+    ``tolerance`` under budget: one-step-up moves in the same order, the most
+    that keep the cost at or below ``target``. Repeated for up to
+    ``max_passes`` passes. Where the prunes overshoot and no move
     back up is small enough to land within ``tolerance``, the passes are
     run again from the start with single steps only, and the closer result kept.
 
