@@ -29,8 +29,8 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   move changes, and downward a channel may also be pruned in one move
   (``MOVE_ORDER = "auto"``, ``DIRECT_PRUNE``): there one channel moved from 8
   to 4 bits saves nothing until its layer's split pays for the graph
-  records, and ordering by margin alone made 68-162 such moves on the zoo's
-  DS-CNN to cut 1-10 % of its file; per byte, with prunes, 2-25. With the
+  records, and ordering by margin alone made 69-184 such moves on the zoo's
+  DS-CNN to cut 1-12 % of its file; per byte, with prunes, 0-25. With the
   ``"size"`` cost every step saves bytes, and the per-byte order lost 1.5-17
   points on DS-CNN at w4 and below (benchmarks/RESULTS.md).
 
