@@ -718,7 +718,8 @@ def markdown(result, figs, previous=None):
               "L1 + 4-bit keeps 31 of 64 in both.",
               "- **Calibrated on a trained file, and a projection per byte with direct prunes** (2026-12-01, "
               "session 9; the `joint-tflm` rows above are with both, the `joint-size` rows' code path is unchanged, "
-              "and \"Against the previous run\" lists what they changed, same seeds and float starts). In a model just wrapped every "
+              "and \"Against the previous run\" lists what they changed, same seeds and float starts). "
+              "In a model just wrapped every "
               "activation clip is 6.0, and the lean flatbuffer stores equal quantization records once, so the "
               "file `wrap` calibrated the `tflm` cost on was 80 B (DS-CNN) and 128 B (ResNet-8) smaller than the "
               "trained uniform w8 files: every named `tflm` budget was that much too low, and at `w8` the search "
