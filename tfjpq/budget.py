@@ -234,13 +234,13 @@ def _move_bytes(model, sel, acts, c, down, base, prune=False):
     """{current index: |cost change| of moving one channel of group ``c`` one step} (for ``MOVE_ORDER``).
 
     ``base``: ``selection_cost(model, sel, acts)``, priced once by the caller for every group.
-    With ``prune``, the change of pruning one channel from each current index instead.
+    With ``prune``, the change of pruning one channel from each index wider than one step above 0 bits instead.
     """
     out = {}
     idx = sel[c.name]
     for cur in np.unique(idx):
         new = c.bits.index(0) if prune else (cur - 1 if down else cur + 1)
-        if not 0 <= new < len(c.bits) or new == cur:
+        if not 0 <= new < len(c.bits) or (prune and cur - 1 <= new):  # a prune one step can make is that step
             continue
         trial = _apply(sel, [(None, c.name, int(np.nonzero(idx == cur)[0][0]), new)])
         out[int(cur)] = max(abs(selection_cost(model, trial, acts) - base), 1e-3)
@@ -263,24 +263,20 @@ def _moves(model, sel, down, acts=None, direct=None):
         n = len(c.bits)
         zero = c.bits.index(0) if c.prunable else None
         kept = int(np.sum(idx != zero)) if c.prunable else c.channels
-        per_byte = _move_bytes(model, sel, acts, c, down, base) if base is not None else None
+        step_bytes = _move_bytes(model, sel, acts, c, down, base) if base is not None else {}  # {}: by margin
         prune = direct and down and c.prunable
-        prune_bytes = _move_bytes(model, sel, acts, c, down, base, prune=True) if prune and base is not None else None
+        prune_bytes = _move_bytes(model, sel, acts, c, down, base, prune=True) if prune and base is not None else {}
         group_moves = []
         for ch in range(c.channels):
             cur = int(idx[ch])
             new = cur - 1 if down else cur + 1
             if prune and cur - 1 > zero:  # a wide channel may also go straight to 0 bits
                 margin = float(alpha[cur, ch] - alpha[zero, ch])
-                if prune_bytes is not None:
-                    margin = margin / prune_bytes[cur] if margin > 0 else margin * prune_bytes[cur]
-                group_moves.append((margin, c.name, ch, zero))
+                group_moves.append((_score(margin, prune_bytes.get(cur)), c.name, ch, zero))
             if not 0 <= new < n:
                 continue
             margin = float(alpha[cur, ch] - alpha[new, ch])
-            if per_byte is not None:
-                margin = margin / per_byte[cur] if margin > 0 else margin * per_byte[cur]
-            group_moves.append((margin, c.name, ch, new))
+            group_moves.append((_score(margin, step_bytes.get(cur)), c.name, ch, new))
         if down and c.prunable:  # at most kept - min_channels channels of this group may go to 0 bits in one pass
             group_moves.sort()
             allowed = max(kept - min(c.min_channels, c.channels), 0)
@@ -294,10 +290,22 @@ def _moves(model, sel, down, acts=None, direct=None):
             group_moves = out
         moves += group_moves
     moves.sort()
-    if direct:  # one move per channel: its best-scored one
-        seen = set()
-        moves = [m for m in moves if (m[1], m[2]) not in seen and not seen.add((m[1], m[2]))]
+    if direct:  # one move per channel: its best-scored one (the first, the moves being sorted)
+        best = {}
+        for m in moves:
+            best.setdefault((m[1], m[2]), m)
+        moves = list(best.values())
     return moves
+
+
+def _score(margin, nbytes=None):
+    """A move's rank: its logit margin, or with ``nbytes`` (per-byte order) the margin per byte it changes.
+
+    A move its channel's logits already prefer (negative margin) ranks the earlier the more bytes it changes.
+    """
+    if nbytes is None:
+        return margin
+    return margin / nbytes if margin > 0 else margin * nbytes
 
 
 def _apply(sel, moves):
