@@ -50,19 +50,35 @@ def check_prune_gate(gate):
         raise ValueError(f"prune_gate {gate!r} is not one of {PRUNE_GATES}")
 
 
-def select(alpha, temperature, mode, training, axis=0):
-    """Probabilities over precisions along ``axis`` for the given mode."""
+def select(alpha, temperature, mode, training, axis=0, zero=None):
+    """Probabilities over precisions along ``axis`` for the given mode.
+
+    ``zero``: the index of 0 bits of a :class:`PrecisionChoice` with ``conditional=True``, else None:
+    the same values, but the prune probability's gradient reaches the 0-bit logit only.
+    """
     if mode == "fixed":
         return tf.one_hot(tf.argmax(alpha, axis=axis), tf.shape(alpha)[axis], axis=axis, dtype=alpha.dtype)
     logits = alpha
     if mode == "gumbel" and training:
         u = tf.random.uniform(tf.shape(alpha), 1e-6, 1.0 - 1e-6)
         logits = alpha - tf.math.log(-tf.math.log(u))
-    soft = tf.nn.softmax(logits / tf.maximum(temperature, 1e-6), axis=axis)
+    scaled = logits / tf.maximum(temperature, 1e-6)
+    if zero is not None and axis == 0:
+        soft = _prune_then_width(scaled, zero)
+    else:
+        soft = tf.nn.softmax(scaled, axis=axis)
     if mode == "hard":
         hard = tf.one_hot(tf.argmax(soft, axis=axis), tf.shape(alpha)[axis], axis=axis, dtype=alpha.dtype)
         return hard + soft - tf.stop_gradient(soft)
     return soft
+
+
+def _prune_then_width(scaled, zero):
+    """The softmax over axis 0 of ``scaled``, its prune row's gradient reaching row ``zero`` only."""
+    rest = tf.concat([scaled[:zero], scaled[zero + 1:]], axis=0)
+    p_prune = tf.sigmoid(scaled[zero] - tf.stop_gradient(tf.reduce_logsumexp(rest, axis=0)))
+    widths = (1.0 - p_prune) * tf.nn.softmax(rest, axis=0)
+    return tf.concat([widths[:zero], p_prune[None], widths[zero:]], axis=0)
 
 
 def _initial_logits(bits, channels=None):
@@ -86,8 +102,10 @@ class PrecisionChoice(keras.layers.Layer):
     """
 
     def __init__(self, channels, bits=(0, 2, 4, 8), temperature=1.0, mode="soft", regroup=True, note="",
-                 min_channels=1, **kwargs):
+                 min_channels=1, conditional=False, **kwargs):
         super().__init__(**kwargs)
+        # the 0-bit logit alone decides "prune or keep", the others "which width" (see tfjpq.search.PRUNE_THEN_WIDTH)
+        self.conditional = bool(conditional) and 0 in bits and len(bits) > 2
         self.min_channels = max(1, int(min_channels))  # kept channels a frozen group never goes below
         self.regroup = bool(regroup)  # may export reorder these channels by precision
         self.note = str(note)  # why the group may not prune, if it may not
@@ -114,7 +132,22 @@ class PrecisionChoice(keras.layers.Layer):
         return 0 in self.bits
 
     def theta(self, training=False):
-        return select(self.alpha, self.temperature, self.mode, training)
+        return select(self.alpha, self.temperature, self.mode, training,
+                      zero=self.bits.index(0) if self.conditional else None)
+
+    def kept_level(self):
+        """logsumexp over the kept widths of ``alpha / T`` (per channel), times ``T``: what sets P(prune) with alpha[0]."""
+        zero = self.bits.index(0)
+        t = tf.maximum(tf.convert_to_tensor(self.temperature), 1e-6)
+        rest = tf.concat([self.alpha[:zero], self.alpha[zero + 1:]], axis=0)
+        return t * tf.reduce_logsumexp(rest / t, axis=0)
+
+    def set_kept_level(self, level):
+        """Shift the kept widths' logits so that :meth:`kept_level` is ``level`` again (the 0-bit row unchanged)."""
+        zero = self.bits.index(0)
+        shift = self.kept_level() - level
+        rows = tf.range(len(self.bits))[:, None]
+        self.alpha.assign(self.alpha - tf.where(rows == zero, 0.0, shift[None, :]))
 
     def hard_theta(self):
         """One-hot ``theta`` of the choices :func:`tfjpq.freeze` keeps (a graph-safe tensor, no gradient).
@@ -175,7 +208,7 @@ class PrecisionChoice(keras.layers.Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg.update(channels=self.channels, bits=list(self.bits), temperature=self.initial_temperature, mode=self.mode,
-                   regroup=self.regroup, note=self.note, min_channels=self.min_channels)
+                   regroup=self.regroup, note=self.note, min_channels=self.min_channels, conditional=self.conditional)
         return cfg
 
 

@@ -33,6 +33,27 @@ DEFAULT_ARCH_LR = 0.02
 """Learning rate of the Adam optimizer the precision logits get when ``compile`` is given no ``arch_optimizer``."""
 
 
+PRUNE_THEN_WIDTH = "auto"
+"""Whether ``wrap`` makes its prunable groups decide "prune or keep" apart from "which width".
+
+True: a channel's 0-bit logit alone sets its prune probability, and its other
+logits compete only among the widths of a kept channel
+(``tfjpq.layers.PrecisionChoice(conditional=True)``); after each step of the
+logits, the training step shifts the width logits back to their logsumexp of
+before, so Adam's steps on them do not move the prune probability. With the
+plain softmax, a cost that prunes a channel for many more bytes than a
+narrower width saves lowers the expected cost below every kept width's: every
+kept width's logit gets a gradient of one sign, Adam lowers them all at one
+speed, and a kept channel stays at its initial preference, the widest width.
+``"auto"``: True where the cost model prices layer splits
+(``CostModel.prices_splits``: ``"tflm"``, whose bias, scale and graph bytes go
+with a pruned channel), else False. See docs/search.md."""
+
+
+def _kept_levels(choices):
+    return [(c, c.kept_level()) for c in choices if c.conditional and c.mode != "fixed"]
+
+
 @_register
 class SearchModel(keras.Model):
     """A functional model with precision choices; trains with plain ``compile``/``fit``.
@@ -352,7 +373,10 @@ class SearchModel(keras.Model):
         grads = tape.gradient(loss, weights + arch)
         self.optimizer.apply_gradients(zip(grads[: len(weights)], weights))
         if arch:
+            kept = _kept_levels(self.precision_choices())
             self.arch_optimizer.apply_gradients(zip(grads[len(weights):], arch))
+            for choice, level in kept:
+                choice.set_kept_level(level)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
@@ -492,6 +516,8 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
     new_inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     tensors = {id(old): new for old, new in zip(model.inputs, new_inputs)}
 
+    conditional = (bool(getattr(cost_model, "prices_splits", False)) if PRUNE_THEN_WIDTH == "auto"
+                   else bool(PRUNE_THEN_WIDTH))
     group_names, group_bits, thetas = {}, {}, {}
     for gid, group in info.groups.items():
         name = f"{group.members[0]}_wbits"
@@ -501,7 +527,8 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
             note = "never pruned: " + "; ".join(dict.fromkeys(group.reasons))
         floor = int(np.ceil(min_channels * group.channels)) if isinstance(min_channels, float) else min_channels
         choice = PrecisionChoice(group.channels, bits=bits, temperature=temperature, mode=mode,
-                                 regroup=group.regroup, note=note, min_channels=floor, name=name)
+                                 regroup=group.regroup, note=note, min_channels=floor, name=name,
+                                 conditional=conditional and 0 in bits and len(bits) > 2)
         group_names[gid] = name
         group_bits[gid] = bits
         thetas[gid] = choice(new_inputs[0])

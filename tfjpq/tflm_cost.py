@@ -97,7 +97,7 @@ class TFLMCost(CostModel):
         below = 0.0  # P(every channel is at most the previous width)
         for i, b in nonzero:
             at_most = [k for k, bb in enumerate(t.weight_bits) if bb <= b]
-            p_le = tf.reduce_prod(tf.add_n([t.theta[k] for k in at_most]))
+            p_le = _all_at_most(tf.add_n([t.theta[k] for k in at_most]))
             one = one + (p_le - below) * self._cheapest(op, per_channel * kept, kept, b)
             below = p_le
         total = one
@@ -238,6 +238,24 @@ def flatbuffer_bytes(search, seed=0, distinct_clips=False) -> int:
     art = tflm_export.convert(export(probe), representative_data=data[0] if len(data) == 1 else data,
                               check_tflm=False)
     return len(art.model_bytes)
+
+
+# The gradient of P(every channel of a layer is at most b bits), which prices the layer stored
+# as one tensor. The exact product gives one channel's move almost no gradient until every other
+# channel has moved too, so a search whose layers sit at their widest width only ever sees the
+# saving of pruning. With True, the value stays the exact product (the hard cost is unchanged)
+# and the gradient is that of the mean over channels: each channel gets its share of the saving
+# of the whole layer moving down, as if the layer's width were one choice.
+SHARED_WIDTH_GRADIENT = True
+
+
+def _all_at_most(p_channels):
+    """P(all channels at most a width) from the per-channel probabilities; gradient per SHARED_WIDTH_GRADIENT."""
+    exact = tf.reduce_prod(p_channels)
+    if not SHARED_WIDTH_GRADIENT:
+        return exact
+    shared = tf.reduce_mean(p_channels)
+    return shared + tf.stop_gradient(exact - shared)
 
 
 SCALE_BYTES_PER_CHANNEL = 4  # float32 per-channel weight scale kept by the lean flatbuffer
