@@ -43,13 +43,15 @@ CONSTANTS = {"rate": ("tfjpq.budget", "RATE"), "gain": ("tfjpq.budget", "GAIN"),
              "max_strength": ("tfjpq.budget", "MAX_STRENGTH"), "order": ("tfjpq.budget", "MOVE_ORDER"),
              "arch_lr": ("tfjpq.search", "DEFAULT_ARCH_LR"), "direct_prune": ("tfjpq.budget", "DIRECT_PRUNE"),
              "shared": ("tfjpq.tflm_cost", "SHARED_WIDTH_GRADIENT"),
-             "cond": ("tfjpq.search", "PRUNE_THEN_WIDTH")}
+             "cond": ("tfjpq.search", "PRUNE_THEN_WIDTH"),
+             "group": ("tfjpq.budget", "GROUP_MOVES")}
 # overrides that are keyword arguments of pareto.Bench.joint: key -> argument
 JOINT_KWARGS = {"bits": "bits", "floor": "min_channels", "mode": "mode", "search": "search_epochs",
                 "distill": "distill"}
 PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int,
            "direct_prune": lambda v: v.lower() in ("1", "true", "yes"),
            "shared": lambda v: v.lower() in ("1", "true", "yes"),
+           "group": lambda v: v.lower() in ("1", "true", "yes"),
            "cond": lambda v: v if v == "auto" else v.lower() in ("1", "true", "yes"),
            "floor": lambda v: float(v) if "." in v else int(v)}  # every other override is a float
 

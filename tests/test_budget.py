@@ -109,12 +109,49 @@ def test_projection_prunes_in_one_move_where_single_steps_save_little(trained_sm
         candidates = budget._moves(search, sel, down=True, acts={})
         channels = [(m[1], m[2]) for m in candidates]
         assert len(channels) == len(set(channels))  # one move per channel
-        straight = [m for m in candidates if sel[m[1]][m[2]] - m[3] > 1]  # 8 bits -> pruned in one move
+        straight = [m for m in candidates  # 8 bits -> pruned in one move
+                    if not isinstance(m[2], tuple) and sel[m[1]][m[2]] - m[3] > 1]
         assert bool(straight) == direct
         report = budget.project(search, goal)
         assert 0.97 * goal <= report["after"] <= goal
         moves[direct] = report["moves"]
     assert moves[True] < moves[False], moves
+
+
+def test_projection_moves_a_split_layer_to_one_width_in_one_move(trained_small_cnn, monkeypatch):
+    """Where the cost prices splits, the 8-bit half of a layer split 4 / 8 moves to 4 bits as one move."""
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    sel = {c.name: c.selected_index() for c in search.precision_choices()}
+    c = max((c for c in search.precision_choices() if c.prunable), key=lambda c: c.channels)
+    four, eight = c.bits.index(4), c.bits.index(8)
+    sel[c.name][: c.channels // 2] = four                    # a layer split into a 4-bit and an 8-bit part
+    wide = tuple(int(ch) for ch in np.nonzero(sel[c.name] == eight)[0])
+    candidates = budget._moves(search, sel, down=True, acts={})
+    group = [m for m in candidates if m[1] == c.name and isinstance(m[2], tuple) and m[3] == four]
+    assert [m[2] for m in group] == [wide]
+    moved = budget._apply(sel, group)
+    assert (moved[c.name] == four).all()
+    # the one move saves the split's operators on top of the channels' bytes
+    base = budget.selection_cost(search, sel, {})
+    single = base - budget.selection_cost(search, budget._apply(sel, [(None, c.name, wide[0], four)]), {})
+    saved = base - budget.selection_cost(search, moved, {})
+    assert saved > len(wide) * single + 100, (saved, single)
+    # and ranks before every single step of those channels
+    steps = [i for i, m in enumerate(candidates) if m[1] == c.name and m[2] in wide and m[3] == four]
+    assert candidates.index(group[0]) < min(steps)
+    # a group move leaves a channel already narrower (here: pruned by an earlier move) where it is
+    pruned = budget._apply(sel, [(None, c.name, wide[0], c.bits.index(0))] + group)
+    assert pruned[c.name][wide[0]] == c.bits.index(0)
+    # not where it would save more than the room left above the window
+    assert not any(isinstance(m[2], tuple) and m[1] == c.name and m[3] == four
+                   for m in budget._moves(search, sel, down=True, acts={}, room=saved - 1))
+    monkeypatch.setattr(budget, "GROUP_MOVES", False)
+    assert not any(isinstance(m[2], tuple) for m in budget._moves(search, sel, down=True, acts={}))
+    # with the size cost (margin order) there are no group moves
+    size = tfjpq.wrap(trained_small_cnn, cost="size")
+    monkeypatch.setattr(budget, "GROUP_MOVES", True)
+    sel = {c.name: c.selected_index() for c in size.precision_choices()}
+    assert not any(isinstance(m[2], tuple) for m in budget._moves(size, sel, down=True, acts={}))
 
 
 def test_target_errors_are_clear(trained_small_cnn):

@@ -30,7 +30,10 @@ cost's unit (bytes for ``"size"`` and ``"tflm"``, BitOps, cycles, ms).
   (``MOVE_ORDER = "auto"``, ``DIRECT_PRUNE``): there one channel moved from 8
   to 4 bits saves nothing until its layer's split pays for the graph
   records, and ordering by margin alone made 69-184 such moves on the zoo's
-  DS-CNN to cut 1-12 % of its file; per byte, with prunes, 0-25. With the
+  DS-CNN to cut 1-12 % of its file; per byte, with prunes, 0-25. There a
+  group's channels at one width may also move one step narrower together, in
+  one move that saves the split's operators too (``GROUP_MOVES``), when that
+  does not jump below the window. With the
   ``"size"`` cost every step saves bytes, and the per-byte order lost 1.5-17
   points on DS-CNN at w4 and below (benchmarks/RESULTS.md).
 
@@ -52,7 +55,7 @@ from tfjpq import cost as cost_lib
 
 __all__ = [
     "RATE", "GAIN", "GAIN_UNDER", "MAX_GAP", "DEFAULT_TOLERANCE", "MAX_FILL", "RAMP_FRACTION", "MOVE_ORDER",
-    "MOVE_ORDERS", "DIRECT_PRUNE",
+    "MOVE_ORDERS", "DIRECT_PRUNE", "GROUP_MOVES",
     "selection_cost", "minimum_selection", "minimum_cost", "check_target", "ramp_target", "controller_update",
     "start_ramp", "project", "measure_offset", "check_flatbuffer", "ceiling_window", "ceiling_aim", "CHECK_MARGIN",
 ]
@@ -247,11 +250,13 @@ def _move_bytes(model, sel, acts, c, down, base, prune=False):
     return out
 
 
-def _moves(model, sel, down, acts=None, direct=None):
+def _moves(model, sel, down, acts=None, direct=None, room=None):
     """Candidate moves ``(score, group, channel, new index)``; lower score = move first.
 
     One step per channel, and with ``direct`` (default: as :func:`_order` says) downward also
-    straight to 0 bits; each channel keeps its best-scored move.
+    straight to 0 bits; each channel keeps its best-scored move. With ``direct`` and
+    :data:`GROUP_MOVES`, downward also every channel of a group at one width one step narrower
+    (channel: a tuple), where that saves at most ``room`` (None: any).
     """
     per_byte, default_direct = _order(model)
     direct = default_direct if direct is None else direct
@@ -289,13 +294,31 @@ def _moves(model, sel, down, acts=None, direct=None):
                 out.append(m)
             group_moves = out
         moves += group_moves
-    moves.sort()
+        if GROUP_MOVES and direct and down and base is not None:  # a group's channels at one width, a step narrower
+            for cur in np.unique(idx):
+                chs = tuple(int(ch) for ch in np.nonzero(idx == cur)[0])
+                new = int(cur) - 1
+                if len(chs) < 2 or new < 0 or new == zero:
+                    continue
+                trial = _apply(sel, [(None, c.name, chs, new)])
+                saved = base - selection_cost(model, trial, acts)
+                if saved <= 0 or room is not None and saved > room:
+                    continue
+                margin = float(sum(alpha[cur, ch] - alpha[new, ch] for ch in chs))
+                moves.append((_score(margin, saved), c.name, chs, new))
+    moves.sort(key=lambda m: (m[0], m[1], m[2] if isinstance(m[2], tuple) else (m[2],), m[3]))
     if direct:  # one move per channel: its best-scored one (the first, the moves being sorted)
         best = {}
         for m in moves:
             best.setdefault((m[1], m[2]), m)
         moves = list(best.values())
     return moves
+
+
+# Downward, with the per-byte order, also move every channel of a group at one width one step narrower in one
+# move: where the cost prices splits, a layer split into 8- and 4-bit parts pays the split's operators, so
+# single 8 -> 4 steps each save a few bytes while the last one saves the split too, and the direct prunes won.
+GROUP_MOVES = True
 
 
 def _score(margin, nbytes=None):
@@ -311,7 +334,12 @@ def _score(margin, nbytes=None):
 def _apply(sel, moves):
     out = {k: v.copy() for k, v in sel.items()}
     for _, name, ch, new in moves:
-        out[name][ch] = new
+        if isinstance(ch, tuple):  # a group move: only the channels still wider than its width
+            chs = np.asarray(ch)
+            chs = chs[out[name][chs] > new]
+            out[name][chs] = new
+        else:
+            out[name][ch] = new
     return out
 
 
@@ -367,7 +395,8 @@ def _projected(model, sel, acts, target, tolerance, max_passes, direct):
             down = False
         else:
             break
-        moves = _moves(model, sel, down, acts, direct)
+        # a group move may not jump below the window: it would take more single steps back up than it saved
+        moves = _moves(model, sel, down, acts, direct, room=cost - target * (1 - tolerance))
         if not moves:
             break
         lo, hi = 0, len(moves)  # bisection on how many of the ordered moves to apply

@@ -290,6 +290,8 @@ class SearchModel(keras.Model):
         for b, n in counts.items():
             self._bits_metrics[b].update_state(n)
         self._kept_metric.update_state(tf.add_n([n for b, n in counts.items() if b != 0]))
+        if not self.arch_variables():  # frozen: the cost is a constant, and a last negative strength made the loss < 0
+            return loss
         return loss + scale(strength * c / self._reference)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
