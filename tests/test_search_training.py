@@ -212,14 +212,14 @@ def test_bad_prune_gate_is_a_clear_error(trained_small_cnn):
 def test_frozen_model_fine_tunes_on_the_task_loss_alone(trained_small_cnn, digits):
     """A frozen model's cost is a constant: its loss is the task's, whatever strength the search ended with."""
     (x, y), _ = digits
-    search = tfjpq.wrap(trained_small_cnn, cost="tflm", strength=0.05)
+    search = tfjpq.wrap(trained_small_cnn, strength=0.05)
     losses = []
     for strength in (0.0, -40.0):   # a search that ends under its budget leaves a negative strength
         frozen = tfjpq.freeze(search)
         frozen._strength.assign(strength)
         frozen.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
         keras.utils.set_random_seed(0)
-        losses.append(frozen.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0, shuffle=False)
+        losses.append(frozen.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0, shuffle=False)
                       .history["loss"][0])
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     assert losses[1] > 0

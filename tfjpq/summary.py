@@ -209,7 +209,7 @@ def summary(model, print_fn=print, flatbuffer=None) -> Profile:
 
         tfjpq.summary(search)
         art = tflm_export.convert(deploy, x[:200])
-        tfjpq.summary(deploy, flatbuffer=art)   # ... flatbuffer 29,512 B: weights 22,070 (74.8%), graph 4,194, ...
+        tfjpq.summary(deploy, flatbuffer=art)   # ... flatbuffer 29,608 B: weights 22,084 (74.6%), graph 3,968, ...
     """
     prof = profile(model)
     if flatbuffer is not None:
