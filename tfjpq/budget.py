@@ -222,6 +222,10 @@ MOVE_ORDER = "auto"  # "margin_per_byte" (the logit margin divided by the bytes 
 # or "auto": per byte where the cost model prices layer splits (CostModel.prices_splits: "tflm"), else by margin
 MOVE_ORDERS = ("auto", "margin", "margin_per_byte")
 DIRECT_PRUNE = None  # downward, a channel may also go to 0 bits in one move: None = with the per-byte order
+# Downward, with the per-byte order, also move every channel of a group at one width one step narrower in one
+# move: where the cost prices splits, a layer split into 8- and 4-bit parts pays the split's operators, so
+# single 8 -> 4 steps each save a few bytes while the last one saves the split too, and the direct prunes won.
+GROUP_MOVES = True
 
 
 def _order(model):
@@ -313,12 +317,6 @@ def _moves(model, sel, down, acts=None, direct=None, room=None):
             best.setdefault((m[1], m[2]), m)
         moves = list(best.values())
     return moves
-
-
-# Downward, with the per-byte order, also move every channel of a group at one width one step narrower in one
-# move: where the cost prices splits, a layer split into 8- and 4-bit parts pays the split's operators, so
-# single 8 -> 4 steps each save a few bytes while the last one saves the split too, and the direct prunes won.
-GROUP_MOVES = True
 
 
 def _score(margin, nbytes=None):

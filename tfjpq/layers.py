@@ -136,7 +136,7 @@ class PrecisionChoice(keras.layers.Layer):
                       zero=self.bits.index(0) if self.conditional else None)
 
     def kept_level(self):
-        """logsumexp over the kept widths of ``alpha / T`` (per channel), times ``T``: what sets P(prune) with alpha[0]."""
+        """Per channel, ``T * logsumexp`` of the kept widths' ``alpha / T``: with the 0-bit logit it sets P(prune)."""
         zero = self.bits.index(0)
         t = tf.maximum(tf.convert_to_tensor(self.temperature), 1e-6)
         rest = tf.concat([self.alpha[:zero], self.alpha[zero + 1:]], axis=0)
