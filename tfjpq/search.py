@@ -530,7 +530,7 @@ def wrap(model, weight_bits=(0, 2, 4, 8), act_bits=(8,), cost="size", strength=D
         floor = int(np.ceil(min_channels * group.channels)) if isinstance(min_channels, float) else min_channels
         choice = PrecisionChoice(group.channels, bits=bits, temperature=temperature, mode=mode,
                                  regroup=group.regroup, note=note, min_channels=floor, name=name,
-                                 conditional=conditional and 0 in bits and len(bits) > 2)
+                                 conditional=conditional)
         group_names[gid] = name
         group_bits[gid] = bits
         thetas[gid] = choice(new_inputs[0])
