@@ -14,7 +14,9 @@ Budgets as in ``pareto.budgets`` (``w8``, ``w8-w4``, ``w4``, ``0.4w8``, ``w4-w2`
 (``048`` is ``weight_bits=(0, 4, 8)``), ``floor`` (``min_channels`` of ``tfjpq.wrap``: an int,
 or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap``'s ``mode``, e.g.
 ``hard``), ``order`` (``tfjpq.budget.MOVE_ORDER`` of the projection, e.g. ``margin``),
-``direct_prune`` (``tfjpq.budget.DIRECT_PRUNE``: ``0`` or ``1``),
+``direct_prune`` (``tfjpq.budget.DIRECT_PRUNE``: ``0`` or ``1``), ``group`` (``tfjpq.budget.GROUP_MOVES``),
+``cond`` (``tfjpq.search.PRUNE_THEN_WIDTH``: ``0``, ``1`` or ``auto``), ``shared``
+(``tfjpq.tflm_cost.SHARED_WIDTH_GRADIENT``),
 ``search`` (search epochs, of the same total; the fine-tune gets the rest), ``distill`` (its weight),
 ``arch_lr`` (``tfjpq.search.DEFAULT_ARCH_LR``: the logits' Adam learning rate).
 Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
