@@ -73,9 +73,14 @@ def select(alpha, temperature, mode, training, axis=0, zero=None):
     return soft
 
 
+def _kept_rows(x, zero):
+    """``x`` without its row ``zero`` (the 0-bit row of a prunable group's logits)."""
+    return tf.concat([x[:zero], x[zero + 1:]], axis=0)
+
+
 def _prune_then_width(scaled, zero):
     """The softmax over axis 0 of ``scaled``, its prune row's gradient reaching row ``zero`` only."""
-    rest = tf.concat([scaled[:zero], scaled[zero + 1:]], axis=0)
+    rest = _kept_rows(scaled, zero)
     p_prune = tf.sigmoid(scaled[zero] - tf.stop_gradient(tf.reduce_logsumexp(rest, axis=0)))
     widths = (1.0 - p_prune) * tf.nn.softmax(rest, axis=0)
     return tf.concat([widths[:zero], p_prune[None], widths[zero:]], axis=0)
@@ -139,8 +144,7 @@ class PrecisionChoice(keras.layers.Layer):
         """Per channel, ``T * logsumexp`` of the kept widths' ``alpha / T``: with the 0-bit logit it sets P(prune)."""
         zero = self.bits.index(0)
         t = tf.maximum(tf.convert_to_tensor(self.temperature), 1e-6)
-        rest = tf.concat([self.alpha[:zero], self.alpha[zero + 1:]], axis=0)
-        return t * tf.reduce_logsumexp(rest / t, axis=0)
+        return t * tf.reduce_logsumexp(_kept_rows(tf.convert_to_tensor(self.alpha), zero) / t, axis=0)
 
     def set_kept_level(self, level):
         """Shift the kept widths' logits so that :meth:`kept_level` is ``level`` again (the 0-bit row unchanged)."""
