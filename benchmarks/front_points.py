@@ -18,6 +18,7 @@ or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap
 ``cond`` (``tfjpq.search.PRUNE_THEN_WIDTH``: ``0``, ``1`` or ``auto``), ``shared``
 (``tfjpq.tflm_cost.SHARED_WIDTH_GRADIENT``),
 ``search`` (search epochs, of the same total; the fine-tune gets the rest), ``distill`` (its weight),
+``init`` (``tfjpq.wrap``'s ``init``: ``flat``, ``magnitude`` or ``budget``),
 ``arch_lr`` (``tfjpq.search.DEFAULT_ARCH_LR``: the logits' Adam learning rate).
 Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
 printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and every
@@ -47,10 +48,20 @@ CONSTANTS = {"rate": ("tfjpq.budget", "RATE"), "gain": ("tfjpq.budget", "GAIN"),
              "shared": ("tfjpq.tflm_cost", "SHARED_WIDTH_GRADIENT"),
              "cond": ("tfjpq.search", "PRUNE_THEN_WIDTH"),
              "group": ("tfjpq.budget", "GROUP_MOVES")}
+
+
+def _init(value):
+    from tfjpq import search_init
+
+    if value not in search_init.INITS:
+        raise SystemExit(f"front_points: init must be one of {', '.join(search_init.INITS)}, got {value!r}")
+    return value
+
+
 # overrides that are keyword arguments of pareto.Bench.joint: key -> argument
 JOINT_KWARGS = {"bits": "bits", "floor": "min_channels", "mode": "mode", "search": "search_epochs",
-                "distill": "distill"}
-PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int,
+                "distill": "distill", "init": "init"}
+PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int, "init": _init,
            "direct_prune": lambda v: v.lower() in ("1", "true", "yes"),
            "shared": lambda v: v.lower() in ("1", "true", "yes"),
            "group": lambda v: v.lower() in ("1", "true", "yes"),

@@ -135,7 +135,7 @@ class Bench:
         return self.measure(frozen, f"uniform-w{bits}", t0, bits=bits)
 
     def joint(self, cost, target, label, method=None, search_epochs=None, hard_epochs=0, ft_hi=None, ft_lo=None,
-              bits=(0, 2, 4, 8), distill=None, min_channels=1, mode="soft"):
+              bits=(0, 2, 4, 8), distill=None, min_channels=1, mode="soft", init=None):
         """The joint search to ``target``: search briefly, freeze, fine-tune the frozen model for the rest.
 
         Of the same epochs the baselines get, ``--joint-search-epochs`` search (lr 1e-3), the rest
@@ -157,7 +157,7 @@ class Bench:
         keras.utils.set_random_seed(self.seed)
         kd = dict(teacher=self.float_model, distill=distill) if distill else {}
         search = tfjpq.wrap(self.float_model, weight_bits=bits, act_bits=(8,), cost=cost, target=target,
-                            min_channels=min_channels, mode=mode)
+                            min_channels=min_channels, mode=mode, **({"init": init} if init else {}))
         search.compile(optimizer=keras.optimizers.Adam(1e-3), loss=self.loss, **kd)
         if search_epochs:
             search.fit(self.x, self.y, epochs=search_epochs, batch_size=64, verbose=0)
