@@ -18,7 +18,8 @@ or a fraction of each group's channels such as ``0.25``), ``mode`` (``tfjpq.wrap
 ``cond`` (``tfjpq.search.PRUNE_THEN_WIDTH``: ``0``, ``1`` or ``auto``), ``shared``
 (``tfjpq.tflm_cost.SHARED_WIDTH_GRADIENT``),
 ``search`` (search epochs, of the same total; the fine-tune gets the rest), ``distill`` (its weight),
-``init`` (``tfjpq.wrap``'s ``init``: ``flat``, ``magnitude`` or ``budget``),
+``init`` (``tfjpq.wrap``'s ``init``: ``flat``, ``magnitude`` or ``budget``), ``temperature`` (``tfjpq.wrap``'s
+initial softmax temperature),
 ``arch_lr`` (``tfjpq.search.DEFAULT_ARCH_LR``: the logits' Adam learning rate).
 Each point's row is appended to ``--out`` as it ends, and the mean over seeds of every point is
 printed at the end. ``--log-projection`` prints every projection pass of ``freeze`` and every
@@ -60,7 +61,7 @@ def _init(value):
 
 # overrides that are keyword arguments of pareto.Bench.joint: key -> argument
 JOINT_KWARGS = {"bits": "bits", "floor": "min_channels", "mode": "mode", "search": "search_epochs",
-                "distill": "distill", "init": "init"}
+                "distill": "distill", "init": "init", "temperature": "temperature"}
 PARSERS = {"bits": lambda v: tuple(int(ch) for ch in v), "mode": str, "order": str, "search": int, "init": _init,
            "direct_prune": lambda v: v.lower() in ("1", "true", "yes"),
            "shared": lambda v: v.lower() in ("1", "true", "yes"),

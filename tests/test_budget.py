@@ -286,9 +286,10 @@ def test_search_measures_its_file_and_steers_the_modelled_cost_plus_the_offset(t
     assert budget.measure_offset(search) == pytest.approx(offset)
     # the training step steers hard cost + offset: the same step with a larger offset pulls harder
     strengths = []
-    for preset in (0.0, 0.2 * search.target):
+    start = float(tfjpq.wrap(trained_small_cnn, cost="tflm").hard_cost())  # a twin's gap: 0, or 0.2 with the offset
+    for preset in (0.0, 0.2 * start):
         keras.utils.set_random_seed(0)
-        twin = tfjpq.wrap(trained_small_cnn, cost="tflm", target=float(search.hard_cost()))
+        twin = tfjpq.wrap(trained_small_cnn, cost="tflm", target=start)
         twin._measured_offset.assign(preset)
         twin.compile(optimizer="adam", loss=LOSS)
         twin.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)  # one step, no ramp
