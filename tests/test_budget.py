@@ -328,6 +328,18 @@ def test_flatbuffer_check_keeps_a_margin_inside_the_ceiling_window(trained_small
         assert projected == ([(pytest.approx(target * (1 - tol / 2) - (files[0] - modelled)), tol / 4)]
                              if reprojected else [])
         assert report["moves"] == (3 if reprojected else 0)
+    # under the window with every move up overshooting the aim: projected again, to the window's top
+    low, high = budget.ceiling_window(target)
+    projected.clear()
+    monkeypatch.setattr(budget, "project", lambda model, aim, t, **kw: projected.append((aim, t)) or
+                        {"moves": 0 if len(projected) == 1 else 2, "after": aim})
+    sequence = iter([target * (1 - tol) + 4, low + 1, None])
+    monkeypatch.setattr(search.cost_model, "measure", lambda model: next(sequence))
+    report = budget.check_flatbuffer(search, {"moves": 0})
+    offset = target * (1 - tol) + 4 - modelled
+    assert projected == [(pytest.approx(target * (1 - tol / 2) - offset), tol / 4),
+                         (pytest.approx(high - offset), pytest.approx((high - low) / high))]
+    assert report["moves"] == 2 and report["flatbuffer_bytes"] == int(low + 1)
 
 
 def test_ramp_target_is_a_geometric_path_from_the_start_to_the_target():

@@ -479,7 +479,8 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
     converted file is what the board pays, and a flash budget is a ceiling:
     each check converts the hard choices and, unless the file lies within
     :func:`ceiling_window` (``[target * (1 - tolerance), target]`` less a small
-    margin), projects again to ``target * (1 - tolerance / 2) - (measured - modelled)``.
+    margin), projects again to ``target * (1 - tolerance / 2) - (measured - modelled)``; where
+    the file is under the window and no move up fits under that aim, to the window's top instead.
     Adds ``flatbuffer_bytes`` and ``flatbuffer_error`` to ``report``.
 
     Example::
@@ -499,6 +500,11 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
             break
         modelled = float(model.hard_cost())
         again = project(model, ceiling_aim(target, tol, measured - modelled), tol / 4)
+        if again["moves"] == 0 and measured < low:
+            # every move up overshoots the aim (one may be coarse: a channel back with its consumers' rows);
+            # one that stays under the window's top still lands the file inside the window
+            top = high - (measured - modelled)
+            again = project(model, top, (high - low) / high)
         report["moves"] += again["moves"]
         report["after"] = again["after"]
     return report
