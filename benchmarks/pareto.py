@@ -319,7 +319,7 @@ def run_all(args):
         if row.get("failed"):
             print(f"  {row['method']:<12} FAILED ({row['failed'][:200]})", flush=True)
             return
-        extra = f" target {row['budget']:<6} err {row['target_error']:+.1%}" if "target_error" in row else (
+        extra = f" target {row['budget']:<6} err {_target_error(row):+.1%}" if "target_error" in row else (
             f" {row['budget']:<6}" if "budget" in row else "")
         print(f"  {row['method']:<12}{extra} acc {row['tflm_acc']:.3f}  flash {row['flash_bytes']:>7,} B  "
               f"{row['wall_s']:5.0f} s  [{time.time() - t_all:5.0f} s total]", flush=True)
