@@ -498,13 +498,12 @@ def check_flatbuffer(model, report, checks=FLATBUFFER_CHECKS):
         report["flatbuffer_error"] = measured / target - 1.0
         if low <= measured <= high or i == checks - 1:
             break
-        modelled = float(model.hard_cost())
-        again = project(model, ceiling_aim(target, tol, measured - modelled), tol / 4)
+        offset = measured - float(model.hard_cost())
+        again = project(model, ceiling_aim(target, tol, offset), tol / 4)
         if again["moves"] == 0 and measured < low:
             # every move up overshoots the aim (one may be coarse: a channel back with its consumers' rows);
             # one that stays under the window's top still lands the file inside the window
-            top = high - (measured - modelled)
-            again = project(model, top, (high - low) / high)
+            again = project(model, high - offset, (high - low) / high)
         report["moves"] += again["moves"]
         report["after"] = again["after"]
     return report
