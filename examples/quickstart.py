@@ -85,8 +85,7 @@ def main(argv=None):
     step(f"1/6 float training (ResNet-8 shape), {args.epochs} epochs")
     model = zoo.resnet8(input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])  # as zoo.train does
-    model.fit(x, y, epochs=args.epochs, batch_size=64, verbose=0, callbacks=[EpochLine("float")])
+    zoo.train(model, x, y, epochs=args.epochs, batch_size=64, callbacks=[EpochLine("float")])  # Adam(1e-3)
     float_acc = accuracy(model, xt, yt)
     print(f"float test accuracy {float_acc:.4f}")
 

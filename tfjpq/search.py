@@ -311,13 +311,25 @@ class SearchModel(keras.Model):
         return loss + scale(strength * c / self._reference)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras' build from the first batch, which fails under ``MultiWorkerMirroredStrategy``.
+        """Keras' build from the first batch, also without a strategy; per worker under ``MultiWorkerMirroredStrategy``.
 
-        Keras 3 reduces the whole first batch (a nested structure) across the
-        replicas in one call, which that strategy refuses (keras-team/keras#20585);
-        only the shapes matter, so this worker's own values are used instead.
+        Without a ``tf.distribute`` strategy Keras 3 leaves the compiled
+        metrics (``metrics=["accuracy"]``) to be built inside the first trace
+        of the train step; the variables created there make ``tf.function``
+        trace the whole step a second time, which on ResNet-8 with the
+        ``tflm`` cost is 10 s of Python per ``fit``. They are built here
+        instead, from the first batch's shapes.
+
+        Under ``MultiWorkerMirroredStrategy`` Keras 3 reduces the whole first
+        batch (a nested structure) across the replicas in one call, which that
+        strategy refuses (keras-team/keras#20585); only the shapes matter, so
+        this worker's own values are used instead.
         """
         strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None:
+            if iterator is not None or data_batch is not None:
+                self._symbolic_build(iterator=iterator, data_batch=data_batch)
+            return None
         if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:

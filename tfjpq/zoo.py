@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["BN_MOMENTUM", "small_cnn", "resnet8", "ds_cnn", "train"]
+__all__ = ["BN_MOMENTUM", "small_cnn", "resnet8", "ds_cnn", "train", "build_compiled_state"]
 
 BN_MOMENTUM = 0.9
 
@@ -87,11 +87,40 @@ def ds_cnn(input_shape=(28, 28, 1), num_classes=10, width=32, blocks=3, seed=0):
     return keras.Model(inp, out, name="ds_cnn")
 
 
-def train(model, x, y, epochs=3, batch_size=64, lr=1e-3, verbose=0, validation_data=None):
-    """Compile with Adam + sparse categorical cross-entropy (logits) and fit; returns the History."""
+def train(model, x, y, epochs=3, batch_size=64, lr=1e-3, verbose=0, validation_data=None, callbacks=None):
+    """Compile with Adam + sparse categorical cross-entropy (logits) and fit; returns the History.
+
+    Example::
+
+        zoo.train(model, x, y, epochs=15)
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, validation_data=validation_data)
+    build_compiled_state(model, x, y)
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, validation_data=validation_data,
+                     callbacks=callbacks)
+
+
+def build_compiled_state(model, x, y):
+    """Build a compiled plain Keras model's metrics and loss from one sample before ``fit``.
+
+    Without a ``tf.distribute`` strategy Keras 3 builds them inside the first
+    trace of the train step, and the variables created there make
+    ``tf.function`` trace the step twice (``tfjpq.wrap``'s search model does
+    this itself). Under a strategy Keras builds them first anyway.
+
+    Example::
+
+        model.compile("adam", loss, metrics=["accuracy"])
+        zoo.build_compiled_state(model, x, y)
+        model.fit(x, y)                        # traced once
+    """
+    if getattr(model, "_distribute_strategy", None) is not None or not hasattr(model, "_symbolic_build"):
+        return
+    def first(a):
+        return a[:1]
+
+    model._symbolic_build(data_batch=(keras.tree.map_structure(first, x), keras.tree.map_structure(first, y)))
