@@ -105,7 +105,7 @@ def train(model, x, y, epochs=3, batch_size=64, lr=1e-3, verbose=0, validation_d
 
 
 def build_compiled_state(model, x, y):
-    """Build a compiled plain Keras model's metrics and loss from one sample before ``fit``.
+    """Build a compiled plain Keras model's metrics and loss from one sample of arrays before ``fit``.
 
     Without a ``tf.distribute`` strategy Keras 3 builds them inside the first
     trace of the train step, and the variables created there make
@@ -118,9 +118,12 @@ def build_compiled_state(model, x, y):
         zoo.build_compiled_state(model, x, y)
         model.fit(x, y)                        # traced once
     """
-    if getattr(model, "_distribute_strategy", None) is not None or not hasattr(model, "_symbolic_build"):
-        return
+    arrays = [a for a in keras.tree.flatten((x, y)) if a is not None]
+    if (getattr(model, "_distribute_strategy", None) is not None or not hasattr(model, "_symbolic_build")
+            or not arrays or not all(hasattr(a, "shape") for a in arrays)):
+        return  # a strategy, or data Keras batches itself (a tf.data.Dataset, a generator): left to fit
+
     def first(a):
-        return a[:1]
+        return None if a is None else a[:1]
 
     model._symbolic_build(data_batch=(keras.tree.map_structure(first, x), keras.tree.map_structure(first, y)))
