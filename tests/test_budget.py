@@ -154,6 +154,28 @@ def test_projection_moves_a_split_layer_to_one_width_in_one_move(trained_small_c
     assert not any(isinstance(m[2], tuple) for m in budget._moves(size, sel, down=True, acts={}))
 
 
+def test_projection_prices_only_the_layers_a_trial_changes_and_gets_the_same_costs(trained_small_cnn):
+    search = tfjpq.wrap(trained_small_cnn, cost="tflm")
+    random_choices(search, seed=4)
+    rng = np.random.default_rng(0)
+    start = {c.name: c.selected_index() for c in search.precision_choices()}
+    trials = []
+    for c in search.precision_choices():
+        for _ in range(3):
+            sel = {k: v.copy() for k, v in start.items()}
+            sel[c.name][rng.integers(c.channels)] = rng.integers(len(c.bits))
+            trials.append(sel)
+    plain = [budget.selection_cost(search, s) for s in trials]
+    priced, layer_cost = [], search.cost_model.layer_cost
+    search.cost_model.layer_cost = lambda t: priced.append(t.name) or layer_cost(t)
+    with search.cost_model.remembering_layers():
+        remembered = [budget.selection_cost(search, s) for s in trials]
+    del search.cost_model.layer_cost
+    assert remembered == plain  # the same floats, bit for bit
+    assert len(priced) < len(trials) * len(search.search_layers()) / 2
+    assert "_remembered" not in vars(search.cost_model)  # forgotten on the way out
+
+
 def test_target_errors_are_clear(trained_small_cnn):
     with pytest.raises(ValueError, match="positive"):
         tfjpq.wrap(trained_small_cnn, target=0)
@@ -300,6 +322,14 @@ def test_search_measures_its_file_and_steers_the_modelled_cost_plus_the_offset(t
     tuned = tfjpq.freeze(search)
     assert tuned.projection["target"] == pytest.approx(search.target * (1 - search.tolerance / 2) - 300.0)
     assert 0.97 * search.target <= tuned.projection["flatbuffer_bytes"] <= search.target
+    # the frozen model's fine-tune converts nothing and reports its constant cost
+    conversions = []
+    tuned.cost_model.measure = lambda model: conversions.append(model)
+    tuned.compile(optimizer="adam", loss=LOSS)
+    history = tuned.fit(x[:128], y[:128], epochs=2, batch_size=64, verbose=0).history
+    del tuned.cost_model.measure
+    assert conversions == []
+    assert history["hard_cost"] == history["cost"] == [pytest.approx(float(tuned.hard_cost()))] * 2
     # a cost that cannot measure the file keeps no offset
     sized = tfjpq.wrap(trained_small_cnn, target=3000)
     assert budget.measure_offset(sized) is None and float(sized._measured_offset.numpy()) == 0.0

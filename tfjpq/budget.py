@@ -363,15 +363,16 @@ def project(model, target, tolerance=DEFAULT_TOLERANCE, max_passes=12, margin=1.
     """
     acts = {a.name: int(np.argmax(a.beta.numpy())) for a in model.activation_choices()}
     start = {c.name: c.selected_index() for c in model.precision_choices()}
-    before = selection_cost(model, start, acts)
     low, high = target * (1 - tolerance), target * (1 + tolerance)
     direct = _order(model)[1]
-    sel, cost, n_moves = _projected(model, start, acts, target, tolerance, max_passes, direct)
-    if direct and not low <= cost <= high:
-        # a prune can overshoot by more than any single move back up can fill: try single steps only
-        steps = _projected(model, start, acts, target, tolerance, max_passes, False)
-        if low <= steps[1] <= high or abs(steps[1] - target) < abs(cost - target):
-            sel, cost, n_moves = steps
+    with model.cost_model.remembering_layers():  # the trials differ from each other in a group or two
+        before = selection_cost(model, start, acts)
+        sel, cost, n_moves = _projected(model, start, acts, target, tolerance, max_passes, direct)
+        if direct and not low <= cost <= high:
+            # a prune can overshoot by more than any single move back up can fill: try single steps only
+            steps = _projected(model, start, acts, target, tolerance, max_passes, False)
+            if low <= steps[1] <= high or abs(steps[1] - target) < abs(cost - target):
+                sel, cost, n_moves = steps
     if n_moves:
         for c in model.precision_choices():
             alpha = c.alpha.numpy()

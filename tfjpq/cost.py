@@ -43,6 +43,7 @@ and pass an instance (or register it)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -145,7 +146,38 @@ class CostModel:
         raise NotImplementedError(f"the {self.name!r} cost ({self.unit or 'no unit'}) does not price a kernel in bytes")
 
     def total(self, terms) -> tf.Tensor:
-        return tf.add_n([tf.cast(self.layer_cost(t), tf.float32) for t in terms])
+        return tf.add_n([tf.cast(self._layer_cost(t), tf.float32) for t in terms])
+
+    @contextlib.contextmanager
+    def remembering_layers(self):
+        """Within it, eager per-layer costs are remembered by what they depend on (the same values, computed once).
+
+        ``freeze``'s projection prices hundreds of selections that differ from
+        each other in one group; only the layers whose choices (or live input
+        channels) changed are priced again, and the total is summed as always.
+
+        Example::
+
+            with search.cost_model.remembering_layers():
+                costs = [tfjpq.budget.selection_cost(search, sel) for sel in selections]
+        """
+        outer = self.__dict__.get("_remembered")
+        if outer is None:
+            self._remembered = {}
+        try:
+            yield self
+        finally:
+            if outer is None:
+                del self._remembered
+
+    def _layer_cost(self, t):
+        memo = self.__dict__.get("_remembered")
+        if memo is None or not tf.executing_eagerly():
+            return self.layer_cost(t)
+        key = (t.name, np.asarray(t.theta, np.float32).tobytes(), float(t.cin_eff), np.asarray(t.phi).tobytes())
+        if key not in memo:
+            memo[key] = self.layer_cost(t)
+        return memo[key]
 
     def get_config(self):
         return {}

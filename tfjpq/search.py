@@ -213,10 +213,13 @@ class SearchModel(keras.Model):
         """``keras.Model.fit``; in target mode its first call also starts the budget ramp (:func:`budget.start_ramp`).
 
         With a cost that can measure the deployed file (``cost="tflm"``), the file
-        is also converted once when the ramp ends and after every epoch, and the
-        controller steers the modelled cost plus the measured difference
-        (:func:`budget.measure_offset`).
+        of a search is also converted once when the ramp ends and after every
+        epoch, and the controller steers the modelled cost plus the measured
+        difference (:func:`budget.measure_offset`). A frozen model's ``fit``
+        converts nothing, and prices its (constant) cost once, before the first step.
         """
+        if not self.arch_variables():  # frozen (or one width everywhere): the cost the step reports is this
+            self._hard_cost_var.assign(float(self.hard_cost()))
         return super().fit(*args, callbacks=list(callbacks or []) + [_BudgetCallback()], **kwargs)
 
     @property
@@ -287,9 +290,12 @@ class SearchModel(keras.Model):
         scale = loss_module.scale_loss_for_distribution
         if self.teacher is not None and self.distill > 0:
             loss = (1.0 - self.distill) * loss + scale(self.distill * self._distill_loss(x, y_pred))
-        c = self.cost(training=True)
-        hard = tf.stop_gradient(self.hard_cost())
-        self._hard_cost_var.assign(hard)
+        if self.arch_variables():
+            c = self.cost(training=True)
+            hard = tf.stop_gradient(self.hard_cost())
+            self._hard_cost_var.assign(hard)
+        else:  # fixed choices: a constant, priced once per fit (see fit), not traced into every step
+            c = hard = tf.convert_to_tensor(self._hard_cost_var)
         if self._target is not None and self.arch_variables():
             goal = budget.ramp_target(self._target_var, self._ramp_from, self._ramp_left, self._ramp_total)
             budget.controller_update(self._multiplier, self._strength, hard + self._measured_offset, goal)
@@ -424,20 +430,25 @@ class _BudgetCallback(keras.callbacks.Callback):
     In target mode with a cost that can measure the deployed file, the
     offset between the file and the modelled hard cost is measured when the
     ramp has just reached the target and at the end of every epoch
-    (:func:`tfjpq.budget.measure_offset`).
+    (:func:`tfjpq.budget.measure_offset`), while the choices train: the
+    fine-tune of a frozen model converts nothing.
     """
 
     def on_train_begin(self, logs=None):
         budget.start_ramp(self.model, self.params)
         self._ramp_was_on = float(self.model._ramp_left.numpy()) > 0
+        # fixed choices (a frozen model's fine-tune): nothing steers on the offset, so nothing is converted
+        self._measuring = bool(self.model.arch_variables())
 
     def on_train_batch_end(self, batch, logs=None):
         if self._ramp_was_on and float(self.model._ramp_left.numpy()) == 0:
             self._ramp_was_on = False
-            budget.measure_offset(self.model)
+            if self._measuring:
+                budget.measure_offset(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        budget.measure_offset(self.model)
+        if self._measuring:
+            budget.measure_offset(self.model)
 
 
 def _initial_temperature(temperature, cost_model):
