@@ -841,7 +841,16 @@ def markdown(result, figs, previous=None):
               "0.4 points (w8 97.1% against 97.5%, 0.7 w2 95.8% against 96.1%). DS-CNN: 0.7 w2 81.5% against "
               "84.9% (seeds 80.6 / 88.7 / 75.1), 0.4 w8 28.3% against 31.0%, 0.5 w2 18.9% against 12.6%, the "
               "rest within 0.4. The ResNet-8 searches still end 5-24% under their budgets and the DS-CNN ones "
-              "up to 44% over.", ""]
+              "up to 44% over.",
+              "- **Less wall-clock for the same rows** (2026-12-02, session 14; the rows above were measured "
+              "before it and are not rerun): the frozen model's fine-tune no longer converts its file after "
+              "every epoch (three conversions of each `joint-tflm` point here) nor traces its constant cost "
+              "into the train step, and `freeze`'s projection prices only the layers a trial changes. Side by "
+              "side on another machine, one float start (`front_points.py resnet8 --seeds 0`), a `joint-tflm` "
+              "point's training time was 74 / 81 s (0.4 w8) and 76 s (0.7 w2) before and 60-69 s and 56 s "
+              "after (0.74-0.84x), with the same accuracies and bytes (one of the old code's runs at 0.4 w8 ended "
+              "elsewhere: docs/reliability.md, \"Determinism\"). The goal is 0.6x of a sequential pipeline; "
+              "the rows above take 1.52x.", ""]
     lines += [f"![accuracy vs flash]({figs['pareto']})", "", f"![per-layer widths]({figs['pareto_layers']})", ""]
     return "\n".join(lines)
 
