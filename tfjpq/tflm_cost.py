@@ -37,6 +37,8 @@ Example::
 
 from __future__ import annotations
 
+import gc
+
 import keras
 import tensorflow as tf
 
@@ -237,7 +239,13 @@ def flatbuffer_bytes(search, seed=0, distinct_clips=False) -> int:
     data = [rng.uniform(0, 1, (8,) + sh).astype("float32") for sh in shapes]
     art = tflm_export.convert(export(probe), representative_data=data[0] if len(data) == 1 else data,
                               check_tflm=False)
-    return len(art.model_bytes)
+    size = len(art.model_bytes)
+    # The copies and the converter leave cyclic garbage; freed whenever Python's collector next runs, in
+    # the middle of training, it moves where TensorFlow allocates later tensors, and that moved a ResNet-8
+    # search by float rounding from one process to another (docs/reliability.md, "Determinism").
+    del probe, art
+    gc.collect()
+    return size
 
 
 # The gradient of P(every channel of a layer is at most b bits), which prices the layer stored
