@@ -290,13 +290,14 @@ class SearchModel(keras.Model):
         scale = loss_module.scale_loss_for_distribution
         if self.teacher is not None and self.distill > 0:
             loss = (1.0 - self.distill) * loss + scale(self.distill * self._distill_loss(x, y_pred))
-        if self.arch_variables():
+        searching = bool(self.arch_variables())
+        if searching:
             c = self.cost(training=True)
             hard = tf.stop_gradient(self.hard_cost())
             self._hard_cost_var.assign(hard)
         else:  # fixed choices: a constant, priced once per fit (see fit), not traced into every step
             c = hard = tf.convert_to_tensor(self._hard_cost_var)
-        if self._target is not None and self.arch_variables():
+        if self._target is not None and searching:
             goal = budget.ramp_target(self._target_var, self._ramp_from, self._ramp_left, self._ramp_total)
             budget.controller_update(self._multiplier, self._strength, hard + self._measured_offset, goal)
             self._ramp_left.assign(tf.maximum(self._ramp_left - 1.0, 0.0))
@@ -312,7 +313,7 @@ class SearchModel(keras.Model):
         for b, n in counts.items():
             self._bits_metrics[b].update_state(n)
         self._kept_metric.update_state(tf.add_n([n for b, n in counts.items() if b != 0]))
-        if not self.arch_variables():  # frozen: the cost is a constant, and a last negative strength made the loss < 0
+        if not searching:  # frozen: the cost is a constant, and a last negative strength made the loss < 0
             return loss
         return loss + scale(strength * c / self._reference)
 
@@ -436,15 +437,14 @@ class _BudgetCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         budget.start_ramp(self.model, self.params)
-        self._ramp_was_on = float(self.model._ramp_left.numpy()) > 0
         # fixed choices (a frozen model's fine-tune): nothing steers on the offset, so nothing is converted
         self._measuring = bool(self.model.arch_variables())
+        self._ramp_was_on = self._measuring and float(self.model._ramp_left.numpy()) > 0
 
     def on_train_batch_end(self, batch, logs=None):
         if self._ramp_was_on and float(self.model._ramp_left.numpy()) == 0:
             self._ramp_was_on = False
-            if self._measuring:
-                budget.measure_offset(self.model)
+            budget.measure_offset(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._measuring:
