@@ -156,3 +156,28 @@ def test_merge_rows_replaces_the_rows_it_redoes_and_refuses_strays(tmp_path):
         merge_rows.merge(result, [row("joint-tflm", 1, "w4", 0.9)])
     with pytest.raises(SystemExit, match="twice"):
         merge_rows.merge(result, [row("joint-tflm", 0, "w4", 0.9)] * 2)
+
+
+def test_merge_rows_joins_runs_split_by_model_and_refuses_overlaps(tmp_path):
+    import merge_rows
+
+    def run(model, total_s, command, **meta):
+        return {"meta": dict(command=command, models=[model], seeds=[0, 1], total_s=total_s, dataset="mnist5k",
+                             search_epochs=3, **meta),
+                "rows": [dict(model=model, seed=s, method="uniform-w8", tflm_acc=0.9) for s in (0, 1)]}
+
+    a, b, into, before = (tmp_path / n for n in ("a.json", "b.json", "pareto.json", "before.json"))
+    a.write_text(json.dumps(run("resnet8", 300.0, "pareto.py --models resnet8")))
+    b.write_text(json.dumps(run("ds_cnn", 200.0, "pareto.py --models ds_cnn")))
+    into.write_text(json.dumps({"meta": {"command": "old"}, "rows": []}))
+    merge_rows.main([str(a), str(b), "--join", "--into", str(into), "--keep-before", str(before)])
+    joined = json.loads(into.read_text())
+    assert joined["meta"]["models"] == ["resnet8", "ds_cnn"] and joined["meta"]["total_s"] == 300.0
+    assert joined["meta"]["command"] == "pareto.py --models resnet8` and, in parallel, `pareto.py --models ds_cnn"
+    assert sorted({r["model"] for r in joined["rows"]}) == ["ds_cnn", "resnet8"] and len(joined["rows"]) == 4
+    assert json.loads(before.read_text())["meta"]["command"] == "old"
+    with pytest.raises(SystemExit, match="different models"):
+        merge_rows.join([run("resnet8", 1.0, "x"), run("resnet8", 1.0, "y")])
+    with pytest.raises(SystemExit, match="search_epochs"):
+        merge_rows.join([run("resnet8", 1.0, "x"), dict(run("ds_cnn", 1.0, "y"), meta=dict(
+            run("ds_cnn", 1.0, "y")["meta"], search_epochs=2))])
