@@ -853,7 +853,15 @@ def markdown(result, figs, previous=None):
               "point's training time was 74 / 81 s (0.4 w8) and 76 s (0.7 w2) before and 60-69 s and 56 s "
               "after (0.74-0.84x), with the same accuracies and bytes (one of the old code's runs at 0.4 w8 ended "
               "elsewhere: docs/reliability.md, \"Determinism\"). The goal is 0.6x of a sequential pipeline; "
-              "the rows above take 1.52x.", ""]
+              "the ResNet-8 rows take 1.52x.",
+              "- **The DS-CNN rows rerun with the current code** (2026-12-02, session 15; every DS-CNN row, "
+              "new float starts, on a slower 2-core machine without AVX-512, so its seconds are about twice the "
+              "ResNet-8 rows' scale). The ResNet-8 rows are not rerun: on this machine that takes about 110 min "
+              "alone (a `joint-tflm` point about 130 s), more than the session had left after DS-CNN's 77 min. "
+              "Against the DS-CNN rows of before (other machine and float starts, code before session 14; "
+              "\"Against the previous run\" lists them): `joint-tflm` w8 95.6% against 96.0%, w4 94.2% against "
+              "94.8%, 0.7 w2 76.9% against 81.5%, w2 94.4% against 94.6%; uniform w4 95.4% against 96.0%, "
+              "tfmot-w4 94.5% against 93.2%, so the joint front dominates 1 of 7 baseline points (2 before).", ""]
     lines += [f"![accuracy vs flash]({figs['pareto']})", "", f"![per-layer widths]({figs['pareto_layers']})", ""]
     return "\n".join(lines)
 
