@@ -5,10 +5,12 @@ After a change that touches only some pipelines (for example the ``tflm`` cost: 
 rerunning the whole benchmark. A row replaces the row of the same model, seed, method and budget;
 every rerun row must replace one (nothing is only added), and the file is written atomically.
 
-    python benchmarks/merge_rows.py --into benchmarks/results/pareto.json \\
+    python benchmarks/merge_rows.py build/tflm_r8.json build/tflm_ds.json \\
+        --into benchmarks/results/pareto.json \\
         --keep-before benchmarks/results/pareto_before.json --before-note "no file measured" \\
-        --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2 \\
-        build/tflm_r8.json build/tflm_ds.json
+        --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2
+
+(``--set`` takes every word after it: put the files first.)
     python benchmarks/pareto.py --report-only --previous benchmarks/results/pareto_before.json
 
 A full run split by model over parallel processes (``pareto.py --models resnet8 --out a.json`` beside
