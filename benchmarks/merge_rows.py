@@ -4,18 +4,18 @@ After a change that touches only some pipelines (for example the ``tflm`` cost: 
 ``joint-tflm`` rows), rerun those points with ``front_points.py`` and merge them instead of
 rerunning the whole benchmark. A row replaces the row of the same model, seed, method and budget;
 every rerun row must replace one (nothing is only added), and the file is written atomically.
+The files come before the options, since ``--set`` takes every word after it.
 
     python benchmarks/merge_rows.py build/tflm_r8.json build/tflm_ds.json \\
         --into benchmarks/results/pareto.json \\
         --keep-before benchmarks/results/pareto_before.json --before-note "no file measured" \\
         --command "front_points.py resnet8 ... and ds_cnn ..." --set joint_search_epochs=2
-
-(``--set`` takes every word after it: put the files first.)
     python benchmarks/pareto.py --report-only --previous benchmarks/results/pareto_before.json
 
 A full run split by model over parallel processes (``pareto.py --models resnet8 --out a.json`` beside
 ``--models ds_cnn --out b.json``) is joined into one result with ``--join``: the files must hold
-different models, and the joined meta names both commands and the longer run's time.
+different models, and the joined meta names both commands and the longer run's time (``--command``
+is not used there; ``--set`` and ``--keep-before`` are).
 
     python benchmarks/merge_rows.py --join build/bench/pareto_resnet8.json build/bench/pareto_ds_cnn.json \\
         --into benchmarks/results/pareto.json --keep-before benchmarks/results/pareto_before.json
