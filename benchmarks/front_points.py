@@ -168,6 +168,7 @@ def main(argv=None):
         log_projection()
     for spec in args.points:
         parse_point(spec)  # every spec checked before any training
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # not only after the first point
     from tfjpq import datasets
 
     data = datasets.load(args.dataset)
