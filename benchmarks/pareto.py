@@ -868,9 +868,10 @@ def markdown(result, figs, previous=None):
               "so the second target, met before at 49% of w2's bytes and 2.0 points above w2, is missed: the "
               "`tflm` search reaches 95.0% only at 0.7 of w2's file, and at 0.5 of it scores 89.4% (81.3 / 91.0 / "
               "95.9, against 93.6%). The first target stays met, now by the `tflm` w2 point (97.2% at 26,325 B, "
-              "-68.3%); the 0.4 w8 point scores 97.0% (96.5 / 98.1 / 96.5) against 97.5% before, still within half a "
-              "point of w8's 97.5%. The joint front dominates 5 of 7 baseline points (3 before): uniform w2 and L1 + 4-bit at "
-              "w2's bytes are now below it, L1 + 4-bit at half of w2's bytes (95.0% at 14,235 B) and tfmot's "
+              "-68.3%); the 0.4 w8 point scores 97.0% (96.5 / 98.1 / 96.5) against 97.5% before, still "
+              "within half a point of w8's 97.5%. The joint front dominates 5 of 7 baseline points (3 before): "
+              "uniform w2 and L1 + 4-bit at w2's bytes are now below it, L1 + 4-bit at half of w2's bytes "
+              "(95.0% at 14,235 B) and tfmot's "
               "pruned 8-bit model (97.6%) are not. At the w8 budget, where the search keeps almost everything at "
               "8 bits, the joint pipeline scores 0.5-0.6 points under uniform 8-bit QAT (`tflm` 96.9%, `size` "
               "97.0% against 97.5%).",
