@@ -871,11 +871,10 @@ def markdown(result, figs, previous=None):
               "-68.3%); the 0.4 w8 point scores 97.0% (96.5 / 98.1 / 96.5) against 97.5% before, still "
               "within half a point of w8's 97.5%. The joint front dominates 5 of 7 baseline points (3 before): "
               "uniform w2 and L1 + 4-bit at w2's bytes are now below it, L1 + 4-bit at half of w2's bytes "
-              "(95.0% at 14,235 B) and tfmot's "
-              "pruned 8-bit model (97.6%) are not. At the w8 budget, where the search keeps almost everything at "
-              "8 bits, the joint pipeline scores 0.5-0.6 points under uniform 8-bit QAT (`tflm` 96.9%, `size` "
-              "97.0% against 97.5%).",
-              "- **Without distillation at loose budgets** (2026-12-07, after the rerun; rows in "
+              "(95.0% at 14,235 B) and tfmot's pruned 8-bit model (97.6%) are not. At the w8 budget, where "
+              "the search keeps almost everything at 8 bits, the joint pipeline scores 0.5-0.6 points under "
+              "uniform 8-bit QAT (`tflm` 96.9%, `size` 97.0% against 97.5%).",
+              "- **Without distillation on ResNet-8** (2026-12-07, after the rerun; rows in "
               "`results/front_points_2026-12-07.json`, `front_points.py resnet8 --seeds 0 1 2 "
               "joint:tflm:w8:distill=0 joint:tflm:0.4w8:distill=0`, the same float starts as the rows above; "
               "not yet a default). ResNet-8 `tflm` w8 97.8% (97.8 / 97.5 / 98.0) against 96.9% with the "
